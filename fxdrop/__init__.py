@@ -1,0 +1,28 @@
+"""fxdrop: Learn&Drop as a torch.fx graph-transforming pass.
+
+``fxdrop.wrap(model)`` traces a CNN, finds the units that can be bypassed without breaking shapes and
+drops the ones that have stopped learning while it trains.
+"""
+
+from .errors import DropStateError, FxdropError, NotInitializedError, TraceError, UnitError
+from .module import DropNet, wrap
+from .rewrite import RewriteResult, bypass
+from .trace import trace
+from .units import Unit, UnitSite
+
+__all__ = [
+    "wrap",
+    "DropNet",
+    "Unit",
+    "UnitSite",
+    "trace",
+    "bypass",
+    "RewriteResult",
+    "FxdropError",
+    "TraceError",
+    "UnitError",
+    "NotInitializedError",
+    "DropStateError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,398 @@
+"""``DropNet``: the user's model as a droppable torch.fx graph, and :func:`wrap` which builds it."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import logging
+import warnings
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from .errors import NotInitializedError, TraceError, UnitError
+from .rewrite import bypass
+from .shapes import FLOPS_KEY, propagate
+from .trace import TraceResult, trace
+from .units import Unit, find_units
+
+__all__ = ["DropNet", "wrap"]
+
+log = logging.getLogger(__name__)
+
+MODES = ("train", "eval")
+
+
+class DropNet(nn.Module):
+    """A model whose droppable units can be bypassed and restored while it trains.
+
+    It shares the user's modules, parameters and buffers (same objects, same ``state_dict`` keys), so
+    an optimizer built on ``model.parameters()`` or ``net.parameters()`` drives both. Its forward runs
+    the current torch.fx graph of the mode it is in (train or eval). Build it with :func:`wrap`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        example_inputs: Sequence[Any] | None = None,
+        *,
+        example_kwargs: dict[str, Any] | None = None,
+        leaf_modules: Iterable[type | str] = (),
+        autowrap_functions: Sequence[Callable[..., Any]] = (),
+        concrete_args: dict[str, Any] | None = None,
+        compile: bool | dict[str, Any] = False,
+        policy: Any = None,
+        verify: bool = True,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"fxdrop.wrap expects a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(model, DropNet):
+            raise TypeError("this model is already wrapped by fxdrop; use it directly")
+        if isinstance(model, fx.GraphModule) and not list(model.graph.nodes):
+            raise TraceError("the GraphModule given to fxdrop.wrap has an empty graph")
+        super().__init__()
+        # Share the user's module tree: same dicts, so ``.to()``, ``.train()``, ``state_dict`` and the
+        # optimizer all see the very same tensors under the very same keys.
+        self.__dict__["_modules"] = model._modules
+        self.__dict__["_parameters"] = model._parameters
+        self.__dict__["_buffers"] = model._buffers
+        self.__dict__["_non_persistent_buffers_set"] = model._non_persistent_buffers_set
+        self.__dict__["_model"] = model
+        self.training = model.training
+        self._verify = verify
+        self._compile_options: dict[str, Any] | None = (
+            dict(compile) if isinstance(compile, dict) else ({} if compile else None)
+        )
+        self._compiled: dict[tuple[str, tuple[str, ...]], Callable[..., Any]] = {}
+        self.compile_count = 0
+        self._traced: TraceResult = trace(model, leaf_modules, autowrap_functions, concrete_args)
+        self._full: dict[str, fx.GraphModule] = {}
+        self._current: dict[str, fx.GraphModule] = {}
+        self._build_graph_modules()
+        self._units: list[Unit] | None = None
+        self._by_name: dict[str, Unit] = {}
+        self._drop_listeners: list[Callable[..., None]] = []
+        self.policy = policy
+        if example_inputs is not None or example_kwargs:
+            if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):
+                raise TypeError(
+                    "example_inputs must be a tuple of positional inputs, e.g. example_inputs=(x,); "
+                    f"got {type(example_inputs).__name__}"
+                )
+            self._initialize(tuple(example_inputs or ()), dict(example_kwargs or {}))
+
+    # ------------------------------------------------------------------ graph modules
+    def _build_graph_modules(self) -> None:
+        model = self._model
+        full_train = fx.GraphModule(model, self._traced.graphs["train"], class_name=type(model).__name__)
+        full_eval = (
+            full_train
+            if self._traced.same_graph
+            else fx.GraphModule(model, self._traced.graphs["eval"], class_name=type(model).__name__)
+        )
+        self._full = {"train": full_train, "eval": full_eval}
+        self._current = dict(self._full)
+        self._compiled.clear()
+
+    def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(): re-bind get_attr tensors
+        super()._apply(fn, recurse)
+        if self._full:
+            self._build_graph_modules()
+            if self._units is not None:
+                self._rewrite()
+        return self
+
+    def train(self, mode: bool = True) -> "DropNet":
+        super().train(mode)
+        self._model.training = mode
+        return self
+
+    @property
+    def model(self) -> nn.Module:
+        """The user's original module (its ``forward`` is never called by fxdrop)."""
+        return self._model
+
+    @property
+    def graph_module(self) -> fx.GraphModule:
+        """The current ``torch.fx.GraphModule`` for the current mode (train or eval)."""
+        return self._current["train" if self.training else "eval"]
+
+    @property
+    def full_graph_module(self) -> fx.GraphModule:
+        """The traced graph with every unit in place, for the current mode."""
+        return self._full["train" if self.training else "eval"]
+
+    @property
+    def auto_leaves(self) -> list[str]:
+        """Submodules that could not be traced through and were made leaves automatically."""
+        return list(self._traced.auto_leaves)
+
+    # ------------------------------------------------------------------ initialisation
+    def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+        sig = inspect.signature(self._full["eval"].forward)
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"example inputs do not fit {type(self._model).__name__}.forward{sig}: {e}") from e
+        bound.apply_defaults()
+        return tuple(bound.arguments.values())
+
+    def _initialize(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        inputs = self._bind(args, kwargs)
+        model_name = type(self._model).__name__
+        try:
+            out_eval = propagate(self._full["eval"], inputs)
+            if not self._traced.same_graph:
+                propagate(self._full["train"], inputs)
+        except Exception as e:
+            raise TraceError(
+                f"running {model_name}'s traced graph on the example inputs failed: {type(e).__name__}: {e}. "
+                "Check that the example inputs have the shape and dtype the model expects"
+            ) from e
+        if self._verify:
+            self._check_against_model(args, kwargs, out_eval)
+        param_names: dict[int, str] = {}
+        for name, p in self._model.named_parameters():
+            param_names.setdefault(id(p), name)
+        cands = {mode: find_units(self._full[mode]) for mode in MODES}
+        eval_by_name = {c.name_hint: c for c in cands["eval"]}
+        units = []
+        for c in cands["train"]:
+            twin = eval_by_name.get(c.name_hint)
+            if twin is None or twin.kind != c.kind or twin.param_ids != c.param_ids:
+                log.info("fxdrop: unit %s exists only in the train graph; not droppable", c.name_hint)
+                continue
+            units.append(
+                Unit(
+                    name=c.name_hint,
+                    kind=c.kind,
+                    params=tuple(sorted((param_names[i] for i in c.param_ids), key=_param_order(param_names))),
+                    flops=c.flops,
+                    module=c.module,
+                    sites={"train": c.site, "eval": twin.site},
+                )
+            )
+        self._units = units
+        self._by_name = {u.name: u for u in units}
+        if not units:
+            warnings.warn(
+                f"fxdrop: {model_name} has no droppable unit: no residual add whose skip is an identity of "
+                "the block input and no shape-preserving layer owning parameters was found, so nothing will "
+                "be dropped and training runs as usual",
+                stacklevel=3,
+            )
+        if self.policy is not None and hasattr(self.policy, "bind"):
+            self.policy.bind(self)
+
+    def _check_against_model(self, args, kwargs, out_graph) -> None:
+        modes = [(m, m.training) for m in self._model.modules()]
+        self._model.eval()
+        try:
+            with torch.no_grad():
+                out_model = self._model(*args, **kwargs)
+        finally:
+            for m, mode in modes:
+                m.training = mode
+        flat_g, spec_g = tree_flatten(out_graph)
+        flat_m, spec_m = tree_flatten(out_model)
+        bad = spec_g != spec_m or len(flat_g) != len(flat_m)
+        for a, b in zip(flat_g, flat_m):
+            if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+                bad = bad or a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
+        if bad:
+            raise TraceError(
+                f"the traced graph of {type(self._model).__name__} does not reproduce the model's output on the "
+                "example inputs (eval mode): a Python-level branch or value was probably baked into the graph. "
+                "Pass leaf_modules=['path.of.submodule'] for the submodule with data-dependent behaviour, "
+                "or concrete_args=, to fxdrop.wrap"
+            )
+
+    def _require_units(self) -> list[Unit]:
+        if self._units is None:
+            raise NotInitializedError(
+                "fxdrop does not know the units yet: pass example_inputs=(x,) to fxdrop.wrap or call the "
+                "wrapped model once on a batch"
+            )
+        return self._units
+
+    # ------------------------------------------------------------------ units
+    @property
+    def units(self) -> list[Unit]:
+        """The droppable units in graph order."""
+        return list(self._require_units())
+
+    @property
+    def dropped(self) -> list[str]:
+        """Names of the dropped units, in graph order."""
+        return [u.name for u in self._require_units() if u.dropped]
+
+    def unit(self, name: str) -> Unit:
+        """The unit called ``name``; :class:`UnitError` (with close matches) if there is none."""
+        self._require_units()
+        if not isinstance(name, str):
+            raise UnitError(f"unit names are strings, got {type(name).__name__} {name!r}")
+        try:
+            return self._by_name[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self._by_name), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise UnitError(
+                f"{type(self._model).__name__} has no unit named {name!r}{hint} "
+                f"(net.units lists the {len(self._by_name)} units)"
+            ) from None
+
+    def drop(self, *names: str) -> list[str]:
+        """Bypass the named units; returns the names dropped now (already dropped ones are skipped with a
+        warning). Their parameters keep their values and get no more gradients."""
+        units = [self.unit(n) for n in names]  # validate every name before changing anything
+        changed = []
+        for u in units:
+            if u.dropped:
+                warnings.warn(f"fxdrop: unit {u.name!r} is already dropped", stacklevel=2)
+                continue
+            u.dropped = True
+            changed.append(u.name)
+        if changed:
+            self._rewrite()
+            params = dict(self._model.named_parameters())
+            for name in changed:
+                for p in self._by_name[name].params:
+                    params[p].grad = None  # optimizers skip parameters without a gradient
+            for fn in self._drop_listeners:
+                fn(self, changed, "drop")
+        return changed
+
+    def restore(self, *names: str) -> list[str]:
+        """Put the named units back, exactly as traced and with their current weights; returns the names
+        restored now (live units are skipped with a warning)."""
+        units = [self.unit(n) for n in names]
+        changed = []
+        for u in units:
+            if not u.dropped:
+                warnings.warn(f"fxdrop: unit {u.name!r} is not dropped; nothing to restore", stacklevel=2)
+                continue
+            u.dropped = False
+            changed.append(u.name)
+        if changed:
+            self._rewrite()
+            for fn in self._drop_listeners:
+                fn(self, changed, "restore")
+        return changed
+
+    def restore_all(self) -> list[str]:
+        """Restore every dropped unit; returns their names."""
+        return self.restore(*self.dropped)
+
+    def on_drop(self, fn: Callable[["DropNet", list[str], str], None]) -> Callable[..., None]:
+        """Call ``fn(net, names, event)`` after every drop (``event="drop"``) or restore; returns ``fn``."""
+        self._drop_listeners.append(fn)
+        return fn
+
+    def _rewrite(self) -> None:
+        units = self._require_units()
+        for mode in MODES:
+            if mode == "eval" and self._traced.same_graph:
+                self._current["eval"] = self._current["train"]
+                continue
+            sites = [u.sites[mode] for u in units if u.dropped]
+            self._current[mode] = bypass(self._full[mode], sites).graph_module
+
+    # ------------------------------------------------------------------ FLOPs and reports
+    def flops(self, mode: str | None = None) -> int:
+        """Forward FLOPs of the current graph for the example input (train graph unless in eval mode)."""
+        self._require_units()
+        mode = mode or ("train" if self.training else "eval")
+        return sum(n.meta.get(FLOPS_KEY, 0) for n in self._current[mode].graph.nodes)
+
+    def full_flops(self, mode: str | None = None) -> int:
+        """Forward FLOPs with every unit in place."""
+        self._require_units()
+        mode = mode or ("train" if self.training else "eval")
+        return sum(n.meta.get(FLOPS_KEY, 0) for n in self._full[mode].graph.nodes)
+
+    def summary(self, tablefmt: str = "simple") -> str:
+        """A table of the units (name, kind, parameters, FLOPs share, state), made with tabulate."""
+        from tabulate import tabulate
+
+        units = self._require_units()
+        total = max(self.full_flops("train"), 1)
+        n_params = dict((n, p.numel()) for n, p in self._model.named_parameters())
+        rows = [
+            [u.name, u.kind, sum(n_params[p] for p in u.params), f"{u.flops / 1e6:.1f}", f"{100 * u.flops / total:.1f}",
+             "dropped" if u.dropped else "live"]
+            for u in units
+        ]
+        table = tabulate(rows, headers=["unit", "kind", "params", "MFLOPs", "% FLOPs", "state"], tablefmt=tablefmt)
+        return (
+            f"{table}\n{len(units)} units, {len(self.dropped)} dropped; forward FLOPs "
+            f"{self.flops('train') / 1e6:.1f}M of {total / 1e6:.1f}M ({100 * self.flops('train') / total:.1f}%)"
+        )
+
+    # ------------------------------------------------------------------ forward
+    def _callable(self, mode: str) -> Callable[..., Any]:
+        gm = self._current[mode]
+        if self._compile_options is None:
+            return gm
+        key = (mode if not self._traced.same_graph else "train", tuple(self.dropped))
+        fn = self._compiled.get(key)
+        if fn is None:
+            fn = torch.compile(gm, **self._compile_options)
+            self._compiled[key] = fn
+            self.compile_count += 1
+        return fn
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._units is None:
+            self._initialize(tuple(args), dict(kwargs))
+        return self._callable("train" if self.training else "eval")(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        if self._units is None:
+            return "units=unknown until the first forward"
+        return f"units={len(self._units)}, dropped={len(self.dropped)}"
+
+
+def _param_order(names: dict[int, str]) -> Callable[[str], int]:
+    order = {n: i for i, n in enumerate(names.values())}
+    return order.__getitem__
+
+
+def wrap(
+    model: nn.Module,
+    example_inputs: Sequence[Any] | None = None,
+    *,
+    example_kwargs: dict[str, Any] | None = None,
+    leaf_modules: Iterable[type | str] = (),
+    autowrap_functions: Sequence[Callable[..., Any]] = (),
+    concrete_args: dict[str, Any] | None = None,
+    compile: bool | dict[str, Any] = False,
+    policy: Any = None,
+    verify: bool = True,
+) -> DropNet:
+    """Trace ``model`` into a droppable graph and return a :class:`DropNet` sharing its parameters.
+
+    ``example_inputs`` (a tuple of positional inputs) lets fxdrop find units and FLOPs now; without it
+    they are found at the first forward call. ``leaf_modules`` (types or qualified names) are kept
+    opaque; submodules that cannot be traced are made leaves automatically. ``compile=True`` (or a dict
+    of ``torch.compile`` options) runs every graph through ``torch.compile``, once per graph.
+    ``verify`` checks that the traced graph reproduces the model's eval output on the example inputs.
+
+    >>> import torch, torchvision, fxdrop
+    >>> net = fxdrop.wrap(torchvision.models.resnet18(), example_inputs=(torch.randn(1, 3, 64, 64),))
+    >>> [u.name for u in net.units]
+    ['layer1.0', 'layer1.1', 'layer2.1', 'layer3.1', 'layer4.1']
+    """
+    return DropNet(
+        model,
+        example_inputs,
+        example_kwargs=example_kwargs,
+        leaf_modules=leaf_modules,
+        autowrap_functions=autowrap_functions,
+        concrete_args=concrete_args,
+        compile=compile,
+        policy=policy,
+        verify=verify,
+    )

@@ -1,0 +1,156 @@
+"""Tracing arbitrary models into torch.fx graphs, falling back to leaf modules where needed.
+
+``trace(model)`` returns a :class:`TraceResult` with one graph per training mode (a model such as
+GoogLeNet traces differently in train and eval mode; most models share one graph) and the list of
+submodules that had to be made leaves. A submodule whose ``forward`` cannot be traced symbolically
+(data-dependent ``if``, ``len()`` of a proxy, iteration over a proxy, ...) is made a leaf and the trace
+is retried, so one awkward block does not stop the rest of the model from being droppable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import TraceError
+
+__all__ = ["FxdropTracer", "TraceResult", "trace", "DEFAULT_LEAF_TYPES"]
+
+log = logging.getLogger(__name__)
+
+
+def _default_leaf_types() -> tuple[type, ...]:
+    types: list[type] = []
+    try:  # torchvision's StochasticDepth bakes ``self.training`` into the graph when traced through
+        from torchvision.ops import StochasticDepth
+
+        types.append(StochasticDepth)
+    except Exception:  # pragma: no cover - torchvision is a dependency, but keep trace usable alone
+        pass
+    return tuple(types)
+
+
+DEFAULT_LEAF_TYPES: tuple[type, ...] = _default_leaf_types()
+
+
+class _Untraceable(Exception):
+    """Raised inside the tracer to carry the innermost failing submodule path up to ``trace``."""
+
+    def __init__(self, path: str, module: nn.Module, cause: BaseException):
+        super().__init__(path)
+        self.path, self.module, self.cause = path, module, cause
+
+
+class FxdropTracer(fx.Tracer):
+    """A ``torch.fx.Tracer`` with user-given and automatically found leaf modules.
+
+    ``leaf_modules`` holds module types or qualified names to keep opaque. Failures inside a non-leaf
+    submodule are reported with that submodule's path so :func:`trace` can make it a leaf and retry.
+    """
+
+    def __init__(
+        self,
+        leaf_modules: Iterable[type | str] = (),
+        autowrap_functions: Sequence[Callable[..., Any]] = (),
+    ):
+        super().__init__(autowrap_functions=tuple(autowrap_functions))
+        self.leaf_types = tuple(t for t in leaf_modules if isinstance(t, type)) + DEFAULT_LEAF_TYPES
+        self.leaf_names = {n for n in leaf_modules if isinstance(n, str)}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m, forward, args, kwargs):
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except _Untraceable:
+            raise
+        except Exception as e:
+            path = self.path_of_module(m)
+            if self.is_leaf_module(m, path):
+                raise
+            raise _Untraceable(path, m, e) from e
+
+
+@dataclass
+class TraceResult:
+    """Graphs of one model: ``graphs["train"]`` and ``graphs["eval"]`` (the same object when equal)."""
+
+    graphs: dict[str, fx.Graph]
+    auto_leaves: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def same_graph(self) -> bool:
+        return self.graphs["train"] is self.graphs["eval"]
+
+
+def _trace_once(
+    model: nn.Module,
+    leaf_modules: Iterable[type | str],
+    autowrap_functions: Sequence[Callable[..., Any]],
+    concrete_args: dict[str, Any] | None,
+    auto: list[str],
+    reasons: dict[str, str],
+) -> fx.Graph:
+    max_retries = sum(1 for _ in model.modules())
+    for _ in range(max_retries + 1):
+        tracer = FxdropTracer(list(leaf_modules) + auto, autowrap_functions)
+        try:
+            return tracer.trace(model, concrete_args=concrete_args)
+        except _Untraceable as e:
+            if e.path in auto:  # pragma: no cover - a leaf never raises _Untraceable
+                raise
+            log.info("fxdrop: %s (%s) is untraceable, made a leaf: %s", e.path, type(e.module).__name__, e.cause)
+            auto.append(e.path)
+            reasons[e.path] = f"{type(e.cause).__name__}: {e.cause}"
+        except Exception as e:
+            raise TraceError(
+                f"cannot trace the forward of the root module {type(model).__name__} itself: "
+                f"{type(e).__name__}: {e}. Only submodules can be made leaves automatically; move the "
+                "untraceable code into a submodule, or pass concrete_args=/autowrap_functions= to fxdrop.wrap"
+            ) from e
+    raise TraceError(f"gave up tracing {type(model).__name__} after {max_retries} leaf retries")  # pragma: no cover
+
+
+def trace(
+    model: nn.Module,
+    leaf_modules: Iterable[type | str] = (),
+    autowrap_functions: Sequence[Callable[..., Any]] = (),
+    concrete_args: dict[str, Any] | None = None,
+) -> TraceResult:
+    """Trace ``model`` in train and in eval mode; the model's modes are restored afterwards.
+
+    Raises :class:`TraceError` if the root module's own ``forward`` cannot be traced.
+    """
+    leaf_modules = list(leaf_modules)
+    auto: list[str] = []
+    reasons: dict[str, str] = {}
+    modes = {name: m.training for name, m in model.named_modules()}
+    try:
+        model.train()
+        g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons)
+        model.eval()
+        n_leaves = len(auto)
+        g_eval = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons)
+        if len(auto) > n_leaves:
+            # a leaf found in the eval trace must be a leaf in the train graph too (one module view)
+            model.train()
+            g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons)
+    finally:
+        for name, m in model.named_modules():
+            m.training = modes[name]
+    if _graph_signature(g_train) == _graph_signature(g_eval):
+        g_eval = g_train
+    return TraceResult({"train": g_train, "eval": g_eval}, auto, reasons)
+
+
+def _graph_signature(g: fx.Graph) -> str:
+    return str(g)

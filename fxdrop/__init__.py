@@ -6,6 +6,7 @@ drops the ones that have stopped learning while it trains.
 
 from .errors import DropStateError, FxdropError, NotInitializedError, TraceError, UnitError
 from .module import DropNet, wrap
+from .policy import LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
 from .rewrite import RewriteResult, bypass
 from .trace import trace
 from .units import Unit, UnitSite
@@ -16,6 +17,11 @@ __all__ = [
     "Unit",
     "UnitSite",
     "trace",
+    "Policy",
+    "LearnAndDrop",
+    "RandomDrop",
+    "PositionDrop",
+    "NoDrop",
     "bypass",
     "RewriteResult",
     "FxdropError",

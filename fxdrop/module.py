@@ -76,6 +76,7 @@ class DropNet(nn.Module):
         self._by_name: dict[str, Unit] = {}
         self._drop_listeners: list[Callable[..., None]] = []
         self.policy = policy
+        self.steps = 0
         if example_inputs is not None or example_kwargs:
             if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):
                 raise TypeError(
@@ -96,6 +97,13 @@ class DropNet(nn.Module):
         self._full = {"train": full_train, "eval": full_eval}
         self._current = dict(self._full)
         self._compiled.clear()
+
+    def _replace_train_graph(self, graph: fx.Graph) -> None:
+        """Swap in a rewritten train graph (a baseline such as stochastic depth); units are cleared since
+        their sites belong to the old graph."""
+        self._traced.graphs["train"] = graph
+        self._build_graph_modules()
+        self._units, self._by_name = [], {}
 
     def _apply(self, fn, recurse=True):  # .to(), .cuda(), .half(): re-bind get_attr tensors
         super()._apply(fn, recurse)
@@ -177,6 +185,11 @@ class DropNet(nn.Module):
             )
         self._units = units
         self._by_name = {u.name: u for u in units}
+        for u in units:
+            for mode in MODES:
+                node = next(n for n in self._full[mode].graph.nodes if n.name == u.sites[mode].exit)
+                node.meta["fxdrop_unit"] = u.name
+                node.meta["fxdrop_scores"] = u.scores  # the same list: one history, two views
         if not units:
             warnings.warn(
                 f"fxdrop: {model_name} has no droppable unit: no residual add whose skip is an identity of "
@@ -184,7 +197,7 @@ class DropNet(nn.Module):
                 "be dropped and training runs as usual",
                 stacklevel=3,
             )
-        if self.policy is not None and hasattr(self.policy, "bind"):
+        if self.policy is not None:
             self.policy.bind(self)
 
     def _check_against_model(self, args, kwargs, out_graph) -> None:
@@ -299,6 +312,61 @@ class DropNet(nn.Module):
                 continue
             sites = [u.sites[mode] for u in units if u.dropped]
             self._current[mode] = bypass(self._full[mode], sites).graph_module
+
+    def freeze(self, *names: str) -> list[str]:
+        """Freeze the named units instead of dropping them (the freezing baseline): their parameters
+        stop requiring gradients; the forward still runs them. Returns the names frozen now."""
+        units = [self.unit(n) for n in names]
+        params = dict(self._model.named_parameters())
+        changed = []
+        for u in units:
+            if u.frozen or u.dropped:
+                warnings.warn(f"fxdrop: unit {u.name!r} is already {'frozen' if u.frozen else 'dropped'}", stacklevel=2)
+                continue
+            u.frozen = True
+            changed.append(u.name)
+            for p in u.params:
+                params[p].requires_grad_(False)
+                params[p].grad = None
+        for fn in self._drop_listeners:
+            if changed:
+                fn(self, changed, "freeze")
+        return changed
+
+    def unfreeze(self, *names: str) -> list[str]:
+        """Undo :meth:`freeze`; returns the names unfrozen now."""
+        units = [self.unit(n) for n in names]
+        params = dict(self._model.named_parameters())
+        changed = [u.name for u in units if u.frozen]
+        for u in units:
+            if u.frozen:
+                u.frozen = False
+                for p in u.params:
+                    params[p].requires_grad_(True)
+        return changed
+
+    # ------------------------------------------------------------------ training loop integration
+    def step(self) -> list[str]:
+        """Call once after every ``optimizer.step()``: advances the step count, lets the policy score
+        the units at interval boundaries and drops (or freezes) what it decides. Returns those names."""
+        self._require_units()
+        self.steps += 1
+        if self.policy is None:
+            return []
+        if self.policy.net is not self:
+            self.policy.bind(self)
+        names = self.policy.decide(self.steps)
+        if not names:
+            return []
+        return self.freeze(*names) if self.policy.action == "freeze" else self.drop(*names)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Call :meth:`step` after every ``optimizer.step()`` through a step post-hook; returns the hook
+        handle (``handle.remove()`` detaches)."""
+        return optimizer.register_step_post_hook(lambda opt, args, kwargs: self.step())
+
+    def _record_score(self, unit: Unit, score: dict[str, float]) -> None:
+        unit.scores.append(score)
 
     # ------------------------------------------------------------------ FLOPs and reports
     def flops(self, mode: str | None = None) -> int:

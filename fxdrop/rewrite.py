@@ -25,7 +25,7 @@ from torch import nn
 
 from .units import UnitSite, is_inplace
 
-__all__ = ["RewriteResult", "bypass", "make_out_of_place"]
+__all__ = ["RewriteResult", "bypass", "make_out_of_place", "insert_stochastic_depth"]
 
 
 @dataclass
@@ -159,3 +159,35 @@ def _protect_entry(
         for later in former_users[i + 1 :]:
             if order.get(later, -1) > order[user]:
                 later.replace_input_with(entry, user)
+
+
+def insert_stochastic_depth(
+    gm: fx.GraphModule, sites: Sequence[UnitSite], probs: Sequence[float], mode: str = "row"
+) -> RewriteResult:
+    """Return a new ``GraphModule`` where each residual site's branch goes through
+    ``torchvision.ops.stochastic_depth(branch, p, mode, training=True)`` before its add.
+
+    This is the stochastic-depth baseline (Huang et al. 2016, torchvision's semantics): the branch is
+    still computed, so no forward FLOPs are saved. Use it on the *train* graph only.
+    """
+    from torchvision.ops import stochastic_depth
+
+    if len(sites) != len(probs):
+        raise ValueError(f"insert_stochastic_depth: {len(sites)} sites but {len(probs)} probabilities")
+    if not sites:
+        return RewriteResult(gm, False)
+    graph: fx.Graph = copy.deepcopy(gm.graph)
+    nodes = {n.name: n for n in graph.nodes}
+    result = RewriteResult(gm, True)
+    for site, p in zip(sites, probs):
+        add = nodes[site.exit]
+        inside = set(site.nodes)
+        branch = next(a for a in add.args[:2] if isinstance(a, fx.Node) and a.name in inside)
+        with graph.inserting_before(add):
+            sd = graph.call_function(stochastic_depth, (branch, float(p), mode, True))
+        sd.meta = {"tensor_meta": branch.meta.get("tensor_meta")}
+        add.replace_input_with(branch, sd)
+        result.out_of_place.append(sd.name)
+    graph.lint()
+    result.graph_module = fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+    return result

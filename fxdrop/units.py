@@ -56,7 +56,8 @@ class UnitSite:
 @dataclass(eq=False)
 class Unit:
     """One droppable unit. ``params`` are the ``state_dict`` names of the parameters only it uses;
-    ``flops`` its forward FLOPs for the example input; ``scores`` the history the policy records."""
+    ``flops`` its forward FLOPs for the example input; ``scores`` the history the policy records (the
+    same list is on ``node.meta["fxdrop_scores"]`` of the unit's exit node in the full graphs)."""
 
     name: str
     kind: str
@@ -65,12 +66,13 @@ class Unit:
     module: str
     sites: dict[str, UnitSite] = field(repr=False)
     dropped: bool = False
+    frozen: bool = False
     scores: list[dict[str, float]] = field(default_factory=list, repr=False)
 
     def __repr__(self) -> str:
         return (
             f"Unit(name={self.name!r}, kind={self.kind!r}, params={len(self.params)}, "
-            f"flops={self.flops}, dropped={self.dropped})"
+            f"flops={self.flops}, dropped={self.dropped}, frozen={self.frozen})"
         )
 
 

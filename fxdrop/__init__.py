@@ -5,7 +5,7 @@ drops the ones that have stopped learning while it trains.
 """
 
 from .errors import DropStateError, FxdropError, NotInitializedError, TraceError, UnitError
-from .module import DropNet, wrap
+from .module import DropNet, apply_plan, wrap
 from .policy import LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
 from .rewrite import RewriteResult, bypass
 from .trace import trace
@@ -13,6 +13,7 @@ from .units import Unit, UnitSite
 
 __all__ = [
     "wrap",
+    "apply_plan",
     "DropNet",
     "Unit",
     "UnitSite",

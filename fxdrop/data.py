@@ -166,8 +166,11 @@ def _cifar10(data_dir: str | None) -> ImageData:
     try:
         tr = torchvision.datasets.CIFAR10(data_dir, train=True, download=False)
         te = torchvision.datasets.CIFAR10(data_dir, train=False, download=False)
-    except RuntimeError as e:
-        raise FileNotFoundError(f"CIFAR-10 not found under {data_dir} (torchvision layout cifar-10-batches-py/): {e}") from e
+    except RuntimeError:
+        raise FileNotFoundError(
+            f"CIFAR-10 not found under --data-dir {data_dir}: expected {Path(data_dir) / 'cifar-10-batches-py'}/ "
+            "(torchvision's layout); copy it there, fxdrop never downloads"
+        ) from None
     to = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
     return ImageData("cifar10", to(tr.data), torch.tensor(tr.targets), to(te.data), torch.tensor(te.targets),
                      *CIFAR_NORM, 10, f"torchvision CIFAR10 in {data_dir}", flip=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import logging
@@ -13,17 +14,18 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from .errors import NotInitializedError, TraceError, UnitError
+from .errors import DropStateError, NotInitializedError, TraceError, UnitError
 from .rewrite import bypass
 from .shapes import FLOPS_KEY, propagate
 from .trace import TraceResult, trace
 from .units import Unit, find_units
 
-__all__ = ["DropNet", "wrap"]
+__all__ = ["DropNet", "wrap", "apply_plan"]
 
 log = logging.getLogger(__name__)
 
 MODES = ("train", "eval")
+DROP_STATE_FORMAT = 1
 
 
 class DropNet(nn.Module):
@@ -77,6 +79,7 @@ class DropNet(nn.Module):
         self._drop_listeners: list[Callable[..., None]] = []
         self.policy = policy
         self.steps = 0
+        self._optimizer: torch.optim.Optimizer | None = None
         if example_inputs is not None or example_kwargs:
             if example_inputs is not None and not isinstance(example_inputs, (tuple, list)):
                 raise TypeError(
@@ -346,15 +349,21 @@ class DropNet(nn.Module):
         return changed
 
     # ------------------------------------------------------------------ training loop integration
-    def step(self) -> list[str]:
+    def step(self, optimizer: torch.optim.Optimizer | None = None) -> list[str]:
         """Call once after every ``optimizer.step()``: advances the step count, lets the policy score
-        the units at interval boundaries and drops (or freezes) what it decides. Returns those names."""
+        the units at interval boundaries and drops (or freezes) what it decides. Returns those names.
+
+        Passing the ``optimizer`` (or using :meth:`attach`) lets the scores discount the learning rate."""
         self._require_units()
         self.steps += 1
         if self.policy is None:
             return []
         if self.policy.net is not self:
             self.policy.bind(self)
+        optimizer = optimizer or self._optimizer
+        if optimizer is not None:
+            lrs = [float(g["lr"]) for g in optimizer.param_groups]
+            self.policy.observe_lr(sum(lrs) / len(lrs))
         names = self.policy.decide(self.steps)
         if not names:
             return []
@@ -363,10 +372,79 @@ class DropNet(nn.Module):
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
         """Call :meth:`step` after every ``optimizer.step()`` through a step post-hook; returns the hook
         handle (``handle.remove()`` detaches)."""
+        self._optimizer = optimizer
         return optimizer.register_step_post_hook(lambda opt, args, kwargs: self.step())
 
     def _record_score(self, unit: Unit, score: dict[str, float]) -> None:
         unit.scores.append(score)
+
+    # ------------------------------------------------------------------ checkpoints and export
+    def drop_state_dict(self) -> dict[str, Any]:
+        """Everything about dropping that ``state_dict()`` does not hold: dropped and frozen units, the
+        step count, score histories and the policy's state. Save it beside the model's state_dict."""
+        units = self._require_units()
+        return {
+            "format": DROP_STATE_FORMAT,
+            "model": type(self._model).__name__,
+            "units": [u.name for u in units],
+            "dropped": [u.name for u in units if u.dropped],
+            "frozen": [u.name for u in units if u.frozen],
+            "steps": self.steps,
+            "scores": {u.name: [dict(s) for s in u.scores] for u in units},
+            "policy": None if self.policy is None else {"type": type(self.policy).__name__,
+                                                         "state": self.policy.state_dict()},
+        }
+
+    def load_drop_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the graph and policy state saved by :meth:`drop_state_dict`. Raises
+        :class:`DropStateError` (changing nothing) if it belongs to another model or policy."""
+        units = self._require_units()
+        if not isinstance(state, dict) or state.get("format") != DROP_STATE_FORMAT:
+            raise DropStateError(f"not an fxdrop drop state (format {DROP_STATE_FORMAT} expected)")
+        ours = [u.name for u in units]
+        if state.get("units") != ours:
+            missing = sorted(set(state.get("units") or []) ^ set(ours))
+            raise DropStateError(
+                f"this drop state was saved from {state.get('model')} with other units (differing: "
+                f"{missing[:6]}); it does not belong to this {type(self._model).__name__}"
+            )
+        pol = state.get("policy")
+        if pol is not None and (self.policy is None or pol["type"] != type(self.policy).__name__):
+            raise DropStateError(
+                f"the drop state holds a {pol['type']} policy state but this wrapper has "
+                f"{type(self.policy).__name__ if self.policy else 'no policy'}; pass the same policy to fxdrop.wrap"
+            )
+        self.unfreeze(*[u.name for u in units if u.frozen])
+        for u in units:
+            u.dropped = u.name in state["dropped"]
+            u.scores[:] = [dict(s) for s in state["scores"].get(u.name, [])]  # keep node.meta's link
+        self._rewrite()
+        params = dict(self._model.named_parameters())
+        for u in units:
+            if u.dropped:
+                for p in u.params:
+                    params[p].grad = None
+        if state["frozen"]:
+            self.freeze(*state["frozen"])
+        self.steps = int(state["steps"])
+        if pol is not None:
+            self.policy.bind(self)
+            self.policy.load_state_dict(pol["state"])
+
+    def export(self) -> fx.GraphModule:
+        """The slim model for inference: a standalone copy of the current eval graph without the dropped
+        units (their modules are removed), independent of the training model."""
+        self._require_units()
+        gm = fx.GraphModule(self._model, copy.deepcopy(self._current["eval"].graph), class_name=type(self._model).__name__)
+        gm = copy.deepcopy(gm)
+        gm.delete_all_unused_submodules()
+        gm.eval()
+        return gm
+
+    def plan(self) -> dict[str, Any]:
+        """The drop plan (which units are dropped) that :func:`fxdrop.apply_plan` replays on a fresh model."""
+        return {"format": DROP_STATE_FORMAT, "model": type(self._model).__name__,
+                "units": [u.name for u in self._require_units()], "dropped": self.dropped}
 
     # ------------------------------------------------------------------ FLOPs and reports
     def flops(self, mode: str | None = None) -> int:
@@ -464,3 +542,15 @@ def wrap(
         policy=policy,
         verify=verify,
     )
+
+
+def apply_plan(model: nn.Module, plan: dict[str, Any], example_inputs: Sequence[Any], **wrap_kwargs: Any) -> fx.GraphModule:
+    """Rebuild the slim inference model from the original ``model`` and a plan saved by
+    :meth:`DropNet.plan` (load the trained ``state_dict`` into ``model`` first)."""
+    if not isinstance(plan, dict) or "dropped" not in plan:
+        raise DropStateError("a plan is the dict returned by DropNet.plan()")
+    net = wrap(model, example_inputs, **wrap_kwargs)
+    if plan.get("units") is not None and plan["units"] != [u.name for u in net.units]:
+        raise DropStateError(f"this plan was made for a {plan.get('model')} with other units than this {type(model).__name__}")
+    net.drop(*plan["dropped"])
+    return net.export()

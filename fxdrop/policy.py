@@ -47,6 +47,9 @@ class Policy:
         assert self.net is not None
         return [u for u in self.net.units if not u.dropped and not u.frozen]
 
+    def observe_lr(self, lr: float) -> None:
+        """Told the optimizer's learning rate after every step (when the wrapper knows the optimizer)."""
+
     def decide(self, step: int) -> list[str]:
         names = self._decide(step)
         if names:
@@ -116,6 +119,11 @@ class LearnAndDrop(Policy):
         self.plateau, self.threshold, self.horizon, self.total_steps = plateau, threshold, horizon, total_steps
         self.max_drop_fraction, self.max_drops_per_event = max_drop_fraction, max_drops_per_event
         self.tracker: ScoreTracker | None = None
+        self._lr_sum, self._lr_n = 0.0, 0
+
+    def observe_lr(self, lr: float) -> None:
+        self._lr_sum += lr
+        self._lr_n += 1
 
     def bind(self, net: "DropNet") -> None:
         super().bind(net)
@@ -134,7 +142,9 @@ class LearnAndDrop(Policy):
         if step % self.interval or self.tracker is None or self.net is None:
             return []
         live = self.live()
-        scores = self.tracker.update([u.name for u in live])
+        lr = self._lr_sum / self._lr_n if self._lr_n else 1.0
+        self._lr_sum, self._lr_n = 0.0, 0
+        scores = self.tracker.update([u.name for u in live], lr)
         self.tracker.continuation(scores, self.horizon_at(step))
         for u in live:
             if u.name in scores:
@@ -171,12 +181,14 @@ class LearnAndDrop(Policy):
     def state_dict(self) -> dict:
         sd = super().state_dict()
         sd["tracker"] = self.tracker.state_dict() if self.tracker is not None else None
+        sd["lr"] = (self._lr_sum, self._lr_n)
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
         super().load_state_dict(sd)
         if sd.get("tracker") is not None and self.tracker is not None:
             self.tracker.load_state_dict(sd["tracker"])
+        self._lr_sum, self._lr_n = sd.get("lr", (0.0, 0))
 
 
 class _Schedule(Policy):

@@ -3,7 +3,9 @@
 Definitions (docs/method.md gives the reasoning). For a unit ``u`` with parameters ``W`` (all its
 parameters, flattened together), at the end of interval ``t`` (every ``interval`` optimizer steps):
 
-* layer-change score   ``c_t = ||W_t - W_{t-1}|| / ||W_{t-1}||``   (relative movement over the interval)
+* layer-change score   ``c_t = ||W_t - W_{t-1}|| / (||W_{t-1}|| * lr_t)``: relative movement over the
+  interval per unit of learning rate (``lr_t`` = mean learning rate over the interval when the optimizer
+  is known, else 1), so a learning-rate schedule does not by itself look like units stopping
 * smoothed change      ``s_t = beta * s_{t-1} + (1 - beta) * c_t``   (``s_1 = c_1``)
 * plateau ratio        ``p_t = s_t / max_{k<=t} s_k``   (share of its own peak learning pace left, in (0, 1])
 * trend                ``b_t`` = least-squares slope of ``log c`` over the last ``window`` intervals
@@ -89,7 +91,7 @@ class ScoreTracker:
         """Free the snapshot of a dropped unit (memory stays at one copy of the live units)."""
         self.state.pop(name, None)
 
-    def update(self, names: list[str]) -> dict[str, dict[str, float]]:
+    def update(self, names: list[str], lr: float = 1.0) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         with torch.no_grad():
             for name in names:
@@ -98,7 +100,7 @@ class ScoreTracker:
                     self._snapshot(name)
                     continue
                 params = [p.detach() for p in self.params_of[name]]
-                c = relative_change(params, st.snapshot)
+                c = relative_change(params, st.snapshot) / lr if lr > 0 else math.nan
                 torch._foreach_copy_(st.snapshot, params)
                 if not math.isfinite(c):
                     out[name] = {"change": math.nan, "smoothed": math.nan, "plateau": math.nan, "trend": math.nan}

@@ -142,7 +142,7 @@ def train_run(
             loss.backward()
             opt.step()
             sched.step()
-            dropped_now = net.step()
+            dropped_now = net.step(opt)
             bar.update(1)
             if dropped_now:
                 bar.set_postfix_str(f"dropped {','.join(dropped_now)}")

@@ -6,7 +6,7 @@ drops the ones that have stopped learning while it trains.
 
 from .errors import DropStateError, FxdropError, NotInitializedError, TraceError, UnitError
 from .module import DropNet, apply_plan, wrap
-from .policy import LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
+from .policy import FixedDrop, LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
 from .rewrite import RewriteResult, bypass
 from .trace import trace
 from .units import Unit, UnitSite
@@ -23,6 +23,7 @@ __all__ = [
     "RandomDrop",
     "PositionDrop",
     "NoDrop",
+    "FixedDrop",
     "bypass",
     "RewriteResult",
     "FxdropError",

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from . import data as data_mod
-from .train import POLICIES, RunResult, TrainConfig, build_model, train_run
+from .train import POLICIES, REPLAYS, RunResult, TrainConfig, build_model, train_run
 
 __all__ = ["main"]
 
@@ -81,16 +81,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     results = []
     base, _ = train_run(factory, data, cfg, "none", label="full")
     results.append(base)
-    reference = None
+    reference = None  # the Learn&Drop run that random/position/thin replay
     for kind in args.policy:
-        if kind in ("random", "position") and reference is None:
+        if kind in REPLAYS and reference is None:
             r, reference = train_run(factory, data, cfg, "learn-and-drop")
             results.append(r)
+        if any(x.policy == kind for x in results):
+            continue
         r, pol = train_run(factory, data, cfg, kind, reference=reference)
+        results.append(r)
         if kind == "learn-and-drop":
             reference = pol
-        if not any(x.policy == kind for x in results):
-            results.append(r)
     if args.json:
         out = {"model": args.model, "dataset": args.dataset, "source": data.source, "config": vars(cfg),
                "torch": torch.__version__, "runs": [r.to_dict() for r in results]}

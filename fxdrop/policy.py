@@ -19,7 +19,7 @@ from .scores import ScoreTracker
 if TYPE_CHECKING:
     from .module import DropNet
 
-__all__ = ["Policy", "NoDrop", "LearnAndDrop", "RandomDrop", "PositionDrop"]
+__all__ = ["Policy", "NoDrop", "LearnAndDrop", "RandomDrop", "PositionDrop", "FixedDrop"]
 
 _ACTIONS = ("drop", "freeze")
 
@@ -248,3 +248,29 @@ class PositionDrop(_Schedule):
 
     def _pick(self, live, count):
         return live[:count]
+
+
+class FixedDrop(Policy):
+    """Drop given units at given steps: ``FixedDrop({1: ["layer3.1"]})``. With the final set of another
+    run at step 1 it is the *statically thinner network* ablation (same final size, thin from the start)."""
+
+    def __init__(self, plan: dict[int, Sequence[str]], action: str = "drop"):
+        super().__init__(action)
+        if not isinstance(plan, dict) or not all(isinstance(k, int) and k >= 1 for k in plan):
+            raise ValueError(f"FixedDrop: plan maps steps >= 1 to unit names, got {plan!r}")
+        self.plan = {k: list(v) for k, v in plan.items()}
+
+    def bind(self, net: "DropNet") -> None:
+        super().bind(net)
+        unknown = {n for names in self.plan.values() for n in names} - {u.name for u in net.units}
+        if unknown:
+            raise ValueError(f"FixedDrop: unknown units {sorted(unknown)}")
+
+    @classmethod
+    def thin_like(cls, policy: Policy) -> "FixedDrop":
+        """Drop, from the first step, every unit ``policy`` had dropped by the end of its run."""
+        return cls({1: [n for _, names in policy.events for n in names]})
+
+    def _decide(self, step: int) -> list[str]:
+        live = {u.name for u in self.live()}
+        return [n for n in self.plan.get(step, []) if n in live]

@@ -18,11 +18,12 @@ from torch import nn
 from .baselines import apply_stochastic_depth
 from .data import ImageData
 from .module import wrap
-from .policy import LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
+from .policy import FixedDrop, LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
 
-__all__ = ["TrainConfig", "RunResult", "build_model", "make_policy", "train_run", "POLICIES"]
+__all__ = ["TrainConfig", "RunResult", "build_model", "make_policy", "train_run", "POLICIES", "REPLAYS"]
 
-POLICIES = ("none", "learn-and-drop", "random", "position", "stochastic-depth", "freeze")
+POLICIES = ("none", "learn-and-drop", "random", "position", "thin", "stochastic-depth", "freeze")
+REPLAYS = ("random", "position", "thin")  # ablations that replay a Learn&Drop run
 
 
 @dataclass
@@ -81,9 +82,11 @@ def make_policy(kind: str, total_steps: int, cfg: TrainConfig, steps_per_epoch: 
     if kind in ("learn-and-drop", "freeze"):
         return LearnAndDrop(interval=interval, warmup=warmup, total_steps=total_steps,
                             action="freeze" if kind == "freeze" else "drop")
-    if kind in ("random", "position"):
+    if kind in REPLAYS:
         if reference is None:
             raise ValueError(f"policy {kind!r} replays a Learn&Drop schedule: run learn-and-drop first")
+        if kind == "thin":
+            return FixedDrop.thin_like(reference)
         cls = RandomDrop if kind == "random" else PositionDrop
         return cls.like(reference, **({"seed": cfg.seed} if kind == "random" else {}))
     return NoDrop()

@@ -1,0 +1,68 @@
+"""Costs fxdrop adds: scoring per training step, and the rewrite (+ recompile) per drop event."""
+
+import pytest
+import torch
+
+import fxdrop
+
+from .cases import model_for, rounds, sync
+
+INTERVAL = 50
+
+
+def _model(request):
+    big = request.config.getoption("--bench-set") != "smoke"
+    return ("resnet152", 32) if big else ("resnet18", 32)
+
+
+def test_scoring_overhead_per_step(benchmark, request):
+    """``INTERVAL`` calls of ``net.step()`` (one scoring boundary): per-step cost = mean / INTERVAL.
+    bench/report.py relates it to the train-step time of the same model."""
+    name, size = _model(request)
+    dev = request.config.getoption("--bench-device")
+    model = model_for(name, size, dev)
+    pol = fxdrop.LearnAndDrop(interval=INTERVAL, warmup=10**9)  # score, never drop
+    net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, size, size, device=dev),), policy=pol)
+    benchmark.group = f"overhead {name}"
+    benchmark.extra_info.update(model=name, size=size, device=dev, kind="scoring", interval=INTERVAL)
+
+    def steps():
+        for _ in range(INTERVAL):
+            net.step()
+        sync(dev)
+
+    benchmark.pedantic(steps, rounds=max(3, rounds(request.config)), warmup_rounds=1)
+    assert net.units[0].scores, "the benchmark must have scored"
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_rewrite_per_drop_event(benchmark, request, mode):
+    """One drop event: ``net.drop(unit)`` (bypass pass + GraphModule recompile) and, compiled, the
+    first forward of the new graph (torch.compile's recompilation). Restored between rounds."""
+    name, size = _model(request)
+    dev = request.config.getoption("--bench-device")
+    if mode == "compiled" and request.config.getoption("--bench-no-compile"):
+        pytest.skip("--bench-no-compile")
+    model = model_for(name, size, dev)
+    x = torch.randn(2, 3, size, size, device=dev)
+    net = fxdrop.wrap(model, example_inputs=(x[:1],), compile=mode == "compiled").eval()
+    unit = net.units[len(net.units) // 2].name
+    benchmark.group = f"rewrite {name}"
+    benchmark.extra_info.update(model=name, size=size, device=dev, kind="rewrite", mode=mode, units=len(net.units))
+    counter = iter(range(10**6))
+
+    def setup():  # a fresh dropped set each round, so the compiled cache never serves it
+        net.restore_all()
+        net.drop(*[u.name for u in net.units][: next(counter) % 3])
+        return (), {}
+
+    def event():
+        net.drop(unit)
+        if mode == "compiled":
+            with torch.no_grad():
+                net(x)
+            sync(dev)
+
+    r = 1 if mode == "compiled" else max(3, rounds(request.config))
+    benchmark.pedantic(event, setup=setup, rounds=r)
+    assert unit in net.dropped

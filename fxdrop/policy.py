@@ -14,6 +14,7 @@ import random
 import warnings
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from .distributed import agree
 from .scores import ScoreTracker
 
 if TYPE_CHECKING:
@@ -51,7 +52,9 @@ class Policy:
         """Told the optimizer's learning rate after every step (when the wrapper knows the optimizer)."""
 
     def decide(self, step: int) -> list[str]:
-        names = self._decide(step)
+        """The names to act on after ``step``. Under torch.distributed every rank computes its scores
+        (keeping its state in step) and rank 0's decision is broadcast, so all ranks drop the same units."""
+        names = agree(self._decide(step))
         if names:
             self.events.append((step, list(names)))
         return names

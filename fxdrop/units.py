@@ -12,7 +12,8 @@ Two kinds are found (docs/design.md has the reasoning):
   parameters, normalisation layers excepted) with the single-user, single-input, shape-keeping nodes
   that follow it (BatchNorm, activation, dropout) up to the next anchor, whose output equals its
   input in shape, dtype and memory format (VGG's 256->256 conv+relu, the 4096->4096 classifier
-  layer). A chain feeding the graph output directly (the classifier head) is never a unit.
+  layer). A chain reading a graph input (the stem) or feeding the graph output directly (the
+  classifier head) is never a unit.
 
 Every unit must own at least one parameter that no node outside it uses.
 """
@@ -269,6 +270,8 @@ def _chain_candidates(
         if before[h] is not entry or after[exit_node] is not exit_node:
             continue
         if any(u.op == "output" for u in exit_node.users):  # the classifier head is never a unit
+            continue
+        if entry.op == "placeholder":  # nor is the stem reading the raw input, even if it keeps the shape
             continue
         nodes = set(seq)
         for s in seq:  # private get_attr inputs (functional weights) belong to the unit

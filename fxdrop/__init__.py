@@ -4,6 +4,7 @@
 drops the ones that have stopped learning while it trains.
 """
 
+from . import distributed
 from .errors import DropStateError, FxdropError, NotInitializedError, TraceError, UnitError
 from .module import DropNet, apply_plan, wrap
 from .policy import FixedDrop, LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop

@@ -48,11 +48,10 @@ class DistributedDropNet(nn.Module):
 
     def __init__(self, net: "DropNet", **ddp_kwargs: Any):
         super().__init__()
+        from .module import share_module_state
+
         self.__dict__["net"] = net
-        self.__dict__["_modules"] = net._modules  # same keys as the model
-        self.__dict__["_parameters"] = net._parameters
-        self.__dict__["_buffers"] = net._buffers
-        self.__dict__["_non_persistent_buffers_set"] = net._non_persistent_buffers_set
+        share_module_state(self, net)  # same keys as the model
         self._ddp_kwargs = ddp_kwargs
         self._key: tuple | None = None
         self.__dict__["module"] = None

@@ -28,6 +28,13 @@ MODES = ("train", "eval")
 DROP_STATE_FORMAT = 1
 
 
+def share_module_state(wrapper: nn.Module, model: nn.Module) -> None:
+    """Make ``wrapper`` expose ``model``'s children, parameters and buffers through the very same dicts,
+    so ``.to()``, ``.train()``, ``state_dict()`` keys and optimizers all see the same tensors."""
+    for key in ("_modules", "_parameters", "_buffers", "_non_persistent_buffers_set"):
+        wrapper.__dict__[key] = getattr(model, key)
+
+
 class DropNet(nn.Module):
     """A model whose droppable units can be bypassed and restored while it trains.
 
@@ -56,12 +63,7 @@ class DropNet(nn.Module):
         if isinstance(model, fx.GraphModule) and not list(model.graph.nodes):
             raise TraceError("the GraphModule given to fxdrop.wrap has an empty graph")
         super().__init__()
-        # Share the user's module tree: same dicts, so ``.to()``, ``.train()``, ``state_dict`` and the
-        # optimizer all see the very same tensors under the very same keys.
-        self.__dict__["_modules"] = model._modules
-        self.__dict__["_parameters"] = model._parameters
-        self.__dict__["_buffers"] = model._buffers
-        self.__dict__["_non_persistent_buffers_set"] = model._non_persistent_buffers_set
+        share_module_state(self, model)
         self.__dict__["_model"] = model
         self.training = model.training
         self._verify = verify

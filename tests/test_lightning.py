@@ -1,0 +1,58 @@
+"""Lightning callback: skipped cleanly when Lightning is not installed."""
+
+import pytest
+import torch
+import torchvision
+
+pl = pytest.importorskip("lightning.pytorch", reason="Lightning is an optional extra")
+
+import fxdrop  # noqa: E402
+from fxdrop.integrations.lightning import FxdropCallback  # noqa: E402
+
+
+class LitNet(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = torchvision.models.resnet18(num_classes=10)
+
+    def training_step(self, batch, idx):
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.model(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def _loader():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+
+
+def test_callback_drops_logs_and_checkpoints(tmp_path):
+    lit = LitNet()
+    keys = list(lit.state_dict())
+    cb = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),),
+                        policy=fxdrop.LearnAndDrop(interval=4, warmup=8))
+    logger = pl.loggers.CSVLogger(tmp_path)
+    trainer = pl.Trainer(max_epochs=4, callbacks=[cb], logger=logger, enable_progress_bar=False, log_every_n_steps=1,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(lit, _loader())
+    assert cb.net.dropped and list(lit.state_dict()) == keys
+    logged = open(f"{logger.log_dir}/metrics.csv").readline()
+    assert "fxdrop/units_dropped" in logged and "fxdrop/flops_ratio" in logged and "fxdrop/change/layer1.0" in logged
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)
+    state = next(v for k, v in saved["callbacks"].items() if k.startswith("FxdropCallback"))
+    assert state["drop_state"]["dropped"] == cb.net.dropped
+    lit2 = LitNet()
+    cb2 = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),),
+                         policy=fxdrop.LearnAndDrop(interval=4, warmup=8))
+    trainer2 = pl.Trainer(max_epochs=5, callbacks=[cb2], logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, default_root_dir=tmp_path)
+    trainer2.fit(lit2, _loader(), ckpt_path=ckpt)
+    assert set(cb.net.dropped) <= set(cb2.net.dropped)
+    assert cb2.net.steps == cb.net.steps + 8  # the step count came back from the checkpoint: one more epoch

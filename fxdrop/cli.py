@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from . import data as data_mod
+from .policy import LearnAndDrop
 from .train import POLICIES, REPLAYS, RunResult, TrainConfig, build_model, train_run
 
 __all__ = ["main"]
@@ -62,6 +63,23 @@ def _plot(results: list[RunResult], path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _parse_ld(items: list[str]) -> dict:
+    """``["stop=0.1", "max_drops_per_event=2"]`` -> LearnAndDrop keyword arguments (numbers parsed)."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = int(value)
+        except ValueError:
+            try:
+                out[key] = float(value)
+            except ValueError:
+                out[key] = None if value == "None" else value
+    return out
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads) if args.threads else None
     try:
@@ -69,9 +87,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"fxdrop run: {e}", file=sys.stderr)
         return 2
+    try:
+        ld_options = _parse_ld(args.ld)
+        LearnAndDrop(**ld_options)  # validate the knobs before training anything
+    except ValueError as e:
+        print(f"fxdrop run: --ld: {e}", file=sys.stderr)
+        return 2
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       input_size=args.input_size, interval=args.interval, warmup_epochs=args.warmup_epochs,
-                      progress=not args.no_progress)
+                      ld_options=ld_options, progress=not args.no_progress)
     factory = lambda: build_model(args.model, data.num_classes)
     try:
         factory()
@@ -132,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     r.add_argument("--interval", type=int, default=None, help="score interval in steps (default: epoch/10)")
     r.add_argument("--warmup-epochs", type=float, default=1.0)
     r.add_argument("--policy", nargs="+", default=["learn-and-drop"], choices=[k for k in POLICIES if k != "none"])
+    r.add_argument("--ld", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="LearnAndDrop knobs (docs/method.md), e.g. --ld stop=0.1 threshold=0.5")
     r.add_argument("--train-limit", type=int, default=None)
     r.add_argument("--test-limit", type=int, default=None)
     r.add_argument("--threads", type=int, default=None)

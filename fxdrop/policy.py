@@ -80,7 +80,9 @@ class LearnAndDrop(Policy):
     steps a unit with at least ``window`` scores is dropped when its plateau ratio is at most
     ``plateau`` *and* its continuation score is at most ``threshold``, lowest continuation first, while
     the dropped units stay within ``max_drop_fraction`` of the full forward FLOPs and at most
-    ``max_drops_per_event`` go at once. ``total_steps`` (if known) sets the extrapolation horizon to
+    ``max_drops_per_event`` go at once. With ``stop`` set, a unit whose plateau ratio is at most ``stop``
+    is a candidate whatever the others do (the aggressive setting: every unit that has lost that much
+    of its own peak pace goes). ``total_steps`` (if known) sets the extrapolation horizon to
     the intervals left, capped at ``horizon``. Units named in ``never`` are kept.
     """
 
@@ -96,6 +98,7 @@ class LearnAndDrop(Policy):
         total_steps: int | None = None,
         max_drop_fraction: float = 0.8,
         max_drops_per_event: int | None = None,
+        stop: float | None = None,
         never: Iterable[str] = (),
         action: str = "drop",
     ):
@@ -111,6 +114,7 @@ class LearnAndDrop(Policy):
             ("total_steps", total_steps, total_steps is None or (isinstance(total_steps, int) and total_steps > 0),
              "None or an int > 0"),
             ("max_drop_fraction", max_drop_fraction, 0 <= max_drop_fraction <= 1, "in [0, 1]"),
+            ("stop", stop, stop is None or 0 < stop <= 1, "None or in (0, 1]"),
             ("max_drops_per_event", max_drops_per_event,
              max_drops_per_event is None or (isinstance(max_drops_per_event, int) and max_drops_per_event >= 1),
              "None or an int >= 1"),
@@ -121,6 +125,7 @@ class LearnAndDrop(Policy):
         self.interval, self.warmup, self.window, self.beta = interval, warmup, window, beta
         self.plateau, self.threshold, self.horizon, self.total_steps = plateau, threshold, horizon, total_steps
         self.max_drop_fraction, self.max_drops_per_event = max_drop_fraction, max_drops_per_event
+        self.stop = stop
         self.tracker: ScoreTracker | None = None
         self._lr_sum, self._lr_n = 0.0, 0
 
@@ -161,7 +166,10 @@ class LearnAndDrop(Policy):
             u for u in live
             if u.name not in self.never and u.name in scores and u.name not in bad
             and len(self.tracker.changes[u.name]) >= self.window
-            and scores[u.name]["plateau"] <= self.plateau and scores[u.name]["continuation"] <= self.threshold
+            and (
+                (scores[u.name]["plateau"] <= self.plateau and scores[u.name]["continuation"] <= self.threshold)
+                or (self.stop is not None and scores[u.name]["plateau"] <= self.stop)
+            )
         ]
         cands.sort(key=lambda u: scores[u.name]["continuation"])
         return self._within_budget(cands)

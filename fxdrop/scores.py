@@ -9,9 +9,11 @@ parameters, flattened together), at the end of interval ``t`` (every ``interval`
 * smoothed change      ``s_t = beta * s_{t-1} + (1 - beta) * c_t``   (``s_1 = c_1``)
 * plateau ratio        ``p_t = s_t / max_{k<=t} s_k``   (share of its own peak learning pace left, in (0, 1])
 * trend                ``b_t`` = least-squares slope of ``log c`` over the last ``window`` intervals
-* continuation score   ``k_t = (p_t / median_{v live} p_t(v)) * S(b_t, H)``, with
+* continuation score   ``k_t = (p_t / median_v p_t(v)) * S(b_t - median_v b_t(v), H)``, with
   ``S(b, H) = mean_{j=1..H} exp(b * j)``: the unit's remaining pace relative to the network's typical
-  unit, extrapolated over the ``H`` intervals of training that are left (``H`` capped by ``horizon``).
+  live unit, extrapolated over the ``H`` intervals of training that are left (``H`` capped by
+  ``horizon``) with its trend *relative* to the typical unit's, since a decay every unit shares (the
+  loss flattening, a learning-rate schedule) says nothing about one unit.
 
 Memory: one snapshot of the parameters of the units still alive. Cost: one pass over those
 parameters per interval (``torch._foreach`` kernels), nothing on the other steps.
@@ -118,17 +120,20 @@ class ScoreTracker:
 
     @staticmethod
     def continuation(scores: dict[str, dict[str, float]], horizon: int) -> None:
-        """Add ``continuation`` to every finite score, relative to the median plateau ratio."""
-        finite = sorted(s["plateau"] for s in scores.values() if math.isfinite(s["plateau"]))
+        """Add ``continuation`` to every finite score: plateau ratio and trend relative to the medians
+        over the scored (live) units."""
+        finite = [s for s in scores.values() if math.isfinite(s["plateau"]) and math.isfinite(s["trend"])]
         if not finite:
             return
-        mid = len(finite) // 2
-        median = finite[mid] if len(finite) % 2 else (finite[mid - 1] + finite[mid]) / 2
+        p_med = _median([s["plateau"] for s in finite])
+        b_med = _median([s["trend"] for s in finite])
+        finite_ids = {id(s) for s in finite}
         for s in scores.values():
-            if math.isfinite(s["plateau"]) and median > 0:
-                s["continuation"] = s["plateau"] / median * extrapolation_factor(s["trend"], horizon)
+            if id(s) in finite_ids and p_med > 0:
+                s["continuation"] = s["plateau"] / p_med * extrapolation_factor(s["trend"] - b_med, horizon)
             else:
                 s["continuation"] = math.nan
+
 
     def state_dict(self) -> dict:
         return {
@@ -143,3 +148,9 @@ class ScoreTracker:
         for k, st in sd["state"].items():
             device = self.params_of[k][0].device if self.params_of.get(k) else None
             self.state[k] = _State([t.to(device) for t in st["snapshot"]], st["smoothed"], st["peak"])
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2

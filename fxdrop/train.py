@@ -38,6 +38,7 @@ class TrainConfig:
     interval: int | None = None  # LearnAndDrop interval; default: about 10 per epoch
     warmup_epochs: float = 1.0
     stochastic_depth_p: float = 0.5
+    ld_options: dict = field(default_factory=dict)  # extra LearnAndDrop keyword arguments
     progress: bool = True
 
 
@@ -80,8 +81,8 @@ def make_policy(kind: str, total_steps: int, cfg: TrainConfig, steps_per_epoch: 
     interval = cfg.interval or max(1, steps_per_epoch // 10)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if kind in ("learn-and-drop", "freeze"):
-        return LearnAndDrop(interval=interval, warmup=warmup, total_steps=total_steps,
-                            action="freeze" if kind == "freeze" else "drop")
+        return LearnAndDrop(**{"interval": interval, "warmup": warmup, "total_steps": total_steps,
+                                "action": "freeze" if kind == "freeze" else "drop", **cfg.ld_options})
     if kind in REPLAYS:
         if reference is None:
             raise ValueError(f"policy {kind!r} replays a Learn&Drop schedule: run learn-and-drop first")

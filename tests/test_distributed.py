@@ -29,7 +29,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     try:
         torch.manual_seed(0)  # same init on both ranks
         model = torchvision.models.resnet18(num_classes=10)
-        pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=30)
+        pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=30, stop=0.3)
         net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, 32, 32),), policy=pol)
         ddp = DistributedDropNet(net)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)

@@ -78,10 +78,13 @@ def test_decision_rule_thresholds():
     pol = Scripted(_table([0.1, 0.3, 0.35, 0.4, 1.0]), interval=1, warmup=0, plateau=0.3, threshold=0.7)
     _net(pol)
     assert pol.decide(1) == ["layer1.0"]
-    # a falling trend lowers continuation: same plateaus, trend log(1/2) over a 2-interval horizon
-    pol = Scripted(_table([0.1, 0.3, 0.35, 0.4, 1.0], trend=math.log(0.5)), interval=1, warmup=0, horizon=2)
+    # a trend falling faster than the median lowers continuation: layer1.1 at log(1/2) vs 0 elsewhere
+    table = _table([0.1, 0.3, 0.35, 0.4, 1.0])
+    table["layer1.1"]["trend"] = math.log(0.5)
+    pol = Scripted(table, interval=1, warmup=0, horizon=2)
     _net(pol)
-    assert pol.decide(1) == ["layer1.0", "layer1.1"]
+    assert pol.decide(1) == ["layer1.0", "layer1.1"]  # continuations 0.29 and 0.86 * 0.375 = 0.32
+
 
 
 def test_decision_rule_orders_and_caps():
@@ -101,6 +104,16 @@ def test_decision_rule_warmup_interval_never_and_budget():
     pol = Scripted(table, interval=1, warmup=0, max_drop_fraction=0.0)
     _net(pol)
     assert pol.decide(1) == []  # FLOPs budget
+
+
+def test_stop_drops_units_that_stopped_whatever_the_others_do():
+    table = _table([0.05, 0.06, 0.07, 0.08, 0.5])  # all alike: relative rule alone keeps them
+    pol = Scripted(table, interval=1, warmup=0)
+    _net(pol)
+    assert pol.decide(1) == []
+    pol = Scripted(table, interval=1, warmup=0, stop=0.1, max_drop_fraction=1.0)
+    _net(pol)
+    assert sorted(pol.decide(1)) == ["layer1.0", "layer1.1", "layer2.1", "layer3.1"]
 
 
 def test_decision_rule_non_finite_scores_warn_and_keep():
@@ -127,7 +140,7 @@ def test_never_must_name_units():
 
 
 def test_learn_and_drop_on_real_training_drops_and_records_scores():
-    pol = fxdrop.LearnAndDrop(interval=5, warmup=20, total_steps=80)
+    pol = fxdrop.LearnAndDrop(interval=5, warmup=20, total_steps=80, stop=0.3)
     net, x = _net(pol)
     _train(net, x, 80)
     assert net.dropped, "a network that has memorised its batch should have dropped units"
@@ -139,12 +152,12 @@ def test_learn_and_drop_on_real_training_drops_and_records_scores():
 
 
 def test_attach_hook_path_equals_explicit_step():
-    a, x = _net(fxdrop.LearnAndDrop(interval=5, warmup=20, total_steps=60))
+    a, x = _net(fxdrop.LearnAndDrop(interval=5, warmup=20, total_steps=60, stop=0.3))
     _train(a, x, 60)
-    b, _ = _net(fxdrop.LearnAndDrop(interval=5, warmup=20, total_steps=60))
+    b, _ = _net(fxdrop.LearnAndDrop(interval=5, warmup=20, total_steps=60, stop=0.3))
     _train(b, x, 60, attach=True)
     assert a.steps == b.steps == 60
-    assert a.policy.events == b.policy.events
+    assert a.policy.events and a.policy.events == b.policy.events
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa, pb)
 
@@ -175,7 +188,7 @@ def test_no_drop_never_drops():
 
 
 def test_freeze_action_freezes_instead_of_dropping():
-    pol = fxdrop.LearnAndDrop(interval=5, warmup=20, total_steps=80, action="freeze")
+    pol = fxdrop.LearnAndDrop(interval=5, warmup=20, total_steps=80, action="freeze", stop=0.3)
     net, x = _net(pol)
     full = net.flops()
     _train(net, x, 80)
@@ -186,7 +199,7 @@ def test_freeze_action_freezes_instead_of_dropping():
 
 
 def test_resume_continues_to_same_decisions_and_weights():
-    kw = dict(interval=5, warmup=20, total_steps=80)
+    kw = dict(interval=5, warmup=20, total_steps=80, stop=0.3)
     # uninterrupted
     a, x = _net(fxdrop.LearnAndDrop(**kw))
     _train(a, x, 80)

@@ -51,6 +51,7 @@ def test_tracker_scores_hand_computed():
 
 
 def test_continuation_relative_to_median():
+    # median plateau 0.4, median trend 0: a and b keep their plateau ratio, c decays faster than typical
     scores = {
         "a": {"plateau": 0.2, "trend": 0.0},
         "b": {"plateau": 0.4, "trend": 0.0},
@@ -60,6 +61,13 @@ def test_continuation_relative_to_median():
     assert scores["a"]["continuation"] == pytest.approx(0.5)
     assert scores["b"]["continuation"] == pytest.approx(1.0)
     assert scores["c"]["continuation"] == pytest.approx(2.0 * 0.375)
+
+
+def test_shared_decay_does_not_count():
+    # every unit decays at the same rate: the trend cancels out, only the plateau ratios matter
+    scores = {n: {"plateau": p, "trend": -0.7} for n, p in (("a", 0.1), ("b", 0.2), ("c", 0.4))}
+    ScoreTracker.continuation(scores, horizon=10)
+    assert [scores[n]["continuation"] for n in "abc"] == pytest.approx([0.5, 1.0, 2.0])
 
 
 def test_non_finite_movement_gives_nan():

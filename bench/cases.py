@@ -14,7 +14,8 @@ SETS = {
     "smoke": {"models": ["resnet18"], "sizes": [32], "batch": {32: 2, 224: 1}, "rounds": 1,
               "variants": ["original", "wrapped", "50%", "all"]},
     "quick": {"models": ["resnet18", "vgg11"], "sizes": [32], "batch": {32: 32, 224: 4}, "rounds": 5,
-              "variants": ["original", "wrapped", "25%", "50%", "all"]},
+              "variants": ["original", "wrapped", "25%", "50%", "all"],
+              "compiled_variants": ["original", "wrapped", "all"]},  # inductor compiles cost ~1 min each here
     "full": {"models": ["resnet18", "resnet50", "resnet152", "vgg11", "vgg16", "mobilenet_v2", "convnext_tiny"],
              "sizes": [32, 224], "batch": {32: 32, 224: 4}, "rounds": 5,
              "variants": ["original", "wrapped", "25%", "50%", "all"]},
@@ -49,8 +50,11 @@ def cases(config, modes=("eager", "compiled")) -> list[Case]:
     if config.getoption("--bench-no-compile"):
         modes = tuple(m for m in modes if m != "compiled")
     dev = config.getoption("--bench-device")
+    def variants(mode):
+        return s.get("compiled_variants", s["variants"]) if mode == "compiled" else s["variants"]
+
     return [Case(m, size, v, mode, s["batch"].get(size, 2), dev)
-            for m in models for size in sizes for mode in modes for v in s["variants"]]
+            for m in models for size in sizes for mode in modes for v in variants(mode)]
 
 
 def rounds(config) -> int:

@@ -25,15 +25,19 @@ def _ms(values: list[float], fmt: str) -> str:
 
 
 def main(folder: str) -> None:
-    rows: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    rows: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[str, set[int]] = defaultdict(set)
     for path in sorted(Path(folder).glob("*.json")):
+        if path.stat().st_size == 0:  # a run still in progress
+            continue
         doc = json.loads(path.read_text())
         runs = doc["runs"]
         base = next(r for r in runs if r["policy"] == "none")
         seeds[doc["model"]].add(doc["config"]["seed"])
+        ld = doc["config"].get("ld_options") or {}
+        setting = ", ".join(f"{k}={v}" for k, v in sorted(ld.items())) or "default"
         for r in runs:
-            cell = rows[(doc["model"], r["policy"])]
+            cell = rows[(doc["model"], setting if r["policy"] != "none" else "-", r["policy"])]
             cell["speedup"].append(base["wall_s"] / r["wall_s"])
             cell["acc"].append(100 * r["test_acc"])
             cell["dacc"].append(100 * (r["test_acc"] - base["test_acc"]))
@@ -41,10 +45,10 @@ def main(folder: str) -> None:
             cell["dropped"].append(len(r["dropped"]))
             cell["units"].append(r["units"])
     table = []
-    for (model, policy), c in rows.items():
-        table.append([model, policy, len(c["acc"]), _ms(c["speedup"], ".2f"), _ms(c["acc"], ".2f"), _ms(c["dacc"], "+.2f"),
+    for (model, setting, policy), c in rows.items():
+        table.append([model, setting, policy, len(c["acc"]), _ms(c["speedup"], ".2f"), _ms(c["acc"], ".2f"), _ms(c["dacc"], "+.2f"),
                       _ms(c["flops"], ".1f"), f"{_ms(c['dropped'], '.1f')}/{int(c['units'][0])}"])
-    print(tabulate(table, headers=["model", "policy", "seeds", "speed-up", "test acc %", "Δ acc pt",
+    print(tabulate(table, headers=["model", "L&D setting", "policy", "runs", "speed-up", "test acc %", "Δ acc pt",
                                    "fwd FLOPs saved %", "units dropped"], tablefmt="github"))
 
 

@@ -39,6 +39,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     stochastic_depth_p: float = 0.5
     ld_options: dict = field(default_factory=dict)  # extra LearnAndDrop keyword arguments
+    max_steps: int | None = None  # stop early (the CLI's untimed warm-up run)
     progress: bool = True
 
 
@@ -148,9 +149,13 @@ def train_run(
             sched.step()
             dropped_now = net.step(opt)
             bar.update(1)
+            if cfg.max_steps is not None and net.steps >= cfg.max_steps:
+                break
             if dropped_now:
                 bar.set_postfix_str(f"dropped {','.join(dropped_now)}")
         elapsed += time.perf_counter() - t0
+        if cfg.max_steps is not None and net.steps >= cfg.max_steps:
+            break
         if cfg.progress:
             epoch_acc.append(_evaluate(net, data, cfg))
             bar.set_postfix_str(f"test acc {epoch_acc[-1]:.4f}")

@@ -97,3 +97,11 @@ class UntraceableRoot(nn.Module):
         if x.mean() > 0:  # in the root itself: cannot become a leaf
             return self.lin(x)
         return x
+
+
+def tiny_resnet(num_classes: int = 10) -> nn.Module:
+    """A user's own model given to the CLI as ``tests.models:tiny_resnet``."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
+        Block(8), Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes),
+    )

@@ -63,3 +63,14 @@ def test_cli_units_and_errors(capsys):
     assert "features.8" in capsys.readouterr().out
     assert main(["run", "--model", "nonexistent_net", "--no-progress"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_cli_user_factory_and_ld_knobs(capsys):
+    rc = main(["run", "--model", "tests.models:tiny_resnet", "--epochs", "2", "--train-limit", "1024",
+               "--test-limit", "256", "--json", "--no-progress", "--ld", "stop=0.5", "interval=4"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["ld_options"] == {"stop": 0.5, "interval": 4}
+    assert out["runs"][1]["units"] == 2
+    assert main(["run", "--ld", "plateau=7", "--no-progress"]) == 2
+    assert "plateau must be" in capsys.readouterr().err

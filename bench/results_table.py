@@ -21,7 +21,7 @@ def _ms(values: list[float], fmt: str) -> str:
         return "-"
     if len(values) == 1:
         return format(values[0], fmt)
-    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt.lstrip('+'))}"
 
 
 def main(folder: str) -> None:
@@ -47,9 +47,9 @@ def main(folder: str) -> None:
     table = []
     for (model, setting, policy), c in rows.items():
         table.append([model, setting, policy, len(c["acc"]), _ms(c["speedup"], ".2f"), _ms(c["acc"], ".2f"), _ms(c["dacc"], "+.2f"),
-                      _ms(c["flops"], ".1f"), f"{_ms(c['dropped'], '.1f')}/{int(c['units'][0])}"])
+                      _ms(c["flops"], ".1f"), f"{_ms(c['dropped'], '.1f')} of {int(c['units'][0])}" if c["units"][0] else "-"])
     print(tabulate(table, headers=["model", "L&D setting", "policy", "runs", "speed-up", "test acc %", "Δ acc pt",
-                                   "fwd FLOPs saved %", "units dropped"], tablefmt="github"))
+                                   "fwd FLOPs saved %", "units dropped"], tablefmt="github", disable_numparse=True))
 
 
 if __name__ == "__main__":

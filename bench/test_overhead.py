@@ -11,6 +11,9 @@ INTERVAL = 50
 
 
 def _model(request):
+    chosen = request.config.getoption("--bench-models")
+    if chosen:
+        return chosen.split(",")[0], 32
     big = request.config.getoption("--bench-set") != "smoke"
     return ("resnet152", 32) if big else ("resnet18", 32)
 

@@ -31,6 +31,8 @@ def main(folder: str) -> None:
         if path.stat().st_size == 0:  # a run still in progress
             continue
         doc = json.loads(path.read_text())
+        if "runs" not in doc:  # e.g. a pytest-benchmark JSON in the same folder
+            continue
         runs = doc["runs"]
         base = next(r for r in runs if r["policy"] == "none")
         seeds[doc["model"]].add(doc["config"]["seed"])

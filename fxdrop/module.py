@@ -333,8 +333,8 @@ class DropNet(nn.Module):
             for p in u.params:
                 params[p].requires_grad_(False)
                 params[p].grad = None
-        for fn in self._drop_listeners:
-            if changed:
+        if changed:
+            for fn in self._drop_listeners:
                 fn(self, changed, "freeze")
         return changed
 

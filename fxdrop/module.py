@@ -71,6 +71,7 @@ class DropNet(nn.Module):
             dict(compile) if isinstance(compile, dict) else ({} if compile else None)
         )
         self._compiled: dict[tuple[str, tuple[str, ...]], Callable[..., Any]] = {}
+        self._flops_cache: dict[str, tuple[fx.GraphModule, int]] = {}
         self.compile_count = 0
         self._traced: TraceResult = trace(model, leaf_modules, autowrap_functions, concrete_args)
         self._full: dict[str, fx.GraphModule] = {}
@@ -453,7 +454,12 @@ class DropNet(nn.Module):
         """Forward FLOPs of the current graph for the example input (train graph unless in eval mode)."""
         self._require_units()
         mode = mode or ("train" if self.training else "eval")
-        return sum(n.meta.get(FLOPS_KEY, 0) for n in self._current[mode].graph.nodes)
+        gm = self._current[mode]
+        cached = self._flops_cache.get(mode)
+        if cached is None or cached[0] is not gm:  # training loops ask every step: sum once per graph
+            cached = (gm, sum(n.meta.get(FLOPS_KEY, 0) for n in gm.graph.nodes))
+            self._flops_cache[mode] = cached
+        return cached[1]
 
     def full_flops(self, mode: str | None = None) -> int:
         """Forward FLOPs with every unit in place."""

@@ -263,6 +263,10 @@ class DropNet(nn.Module):
                 f"(net.units lists the {len(self._by_name)} units)"
             ) from None
 
+    def parameters_of(self, unit: Unit) -> list[nn.Parameter]:
+        """The parameters ``unit`` owns (``unit.params`` resolved on the model)."""
+        return [self._model.get_parameter(name) for name in unit.params]
+
     def drop(self, *names: str) -> list[str]:
         """Bypass the named units; returns the names dropped now (already dropped ones are skipped with a
         warning). Their parameters keep their values and get no more gradients."""
@@ -276,10 +280,9 @@ class DropNet(nn.Module):
             changed.append(u.name)
         if changed:
             self._rewrite()
-            params = dict(self._model.named_parameters())
             for name in changed:
-                for p in self._by_name[name].params:
-                    params[p].grad = None  # optimizers skip parameters without a gradient
+                for p in self.parameters_of(self._by_name[name]):
+                    p.grad = None  # optimizers skip parameters without a gradient
             for fn in self._drop_listeners:
                 fn(self, changed, "drop")
         return changed
@@ -323,7 +326,6 @@ class DropNet(nn.Module):
         """Freeze the named units instead of dropping them (the freezing baseline): their parameters
         stop requiring gradients; the forward still runs them. Returns the names frozen now."""
         units = [self.unit(n) for n in names]
-        params = dict(self._model.named_parameters())
         changed = []
         for u in units:
             if u.frozen or u.dropped:
@@ -331,9 +333,9 @@ class DropNet(nn.Module):
                 continue
             u.frozen = True
             changed.append(u.name)
-            for p in u.params:
-                params[p].requires_grad_(False)
-                params[p].grad = None
+            for p in self.parameters_of(u):
+                p.requires_grad_(False)
+                p.grad = None
         if changed:
             for fn in self._drop_listeners:
                 fn(self, changed, "freeze")
@@ -342,13 +344,12 @@ class DropNet(nn.Module):
     def unfreeze(self, *names: str) -> list[str]:
         """Undo :meth:`freeze`; returns the names unfrozen now."""
         units = [self.unit(n) for n in names]
-        params = dict(self._model.named_parameters())
         changed = [u.name for u in units if u.frozen]
         for u in units:
             if u.frozen:
                 u.frozen = False
-                for p in u.params:
-                    params[p].requires_grad_(True)
+                for p in self.parameters_of(u):
+                    p.requires_grad_(True)
         return changed
 
     # ------------------------------------------------------------------ training loop integration
@@ -377,9 +378,6 @@ class DropNet(nn.Module):
         handle (``handle.remove()`` detaches)."""
         self._optimizer = optimizer
         return optimizer.register_step_post_hook(lambda opt, args, kwargs: self.step())
-
-    def _record_score(self, unit: Unit, score: dict[str, float]) -> None:
-        unit.scores.append(score)
 
     # ------------------------------------------------------------------ checkpoints and export
     def drop_state_dict(self) -> dict[str, Any]:
@@ -422,11 +420,10 @@ class DropNet(nn.Module):
             u.dropped = u.name in state["dropped"]
             u.scores[:] = [dict(s) for s in state["scores"].get(u.name, [])]  # keep node.meta's link
         self._rewrite()
-        params = dict(self._model.named_parameters())
         for u in units:
             if u.dropped:
-                for p in u.params:
-                    params[p].grad = None
+                for p in self.parameters_of(u):
+                    p.grad = None
         if state["frozen"]:
             self.freeze(*state["frozen"])
         self.steps = int(state["steps"])
@@ -438,8 +435,7 @@ class DropNet(nn.Module):
         """The slim model for inference: a standalone copy of the current eval graph without the dropped
         units (their modules are removed), independent of the training model."""
         self._require_units()
-        gm = fx.GraphModule(self._model, copy.deepcopy(self._current["eval"].graph), class_name=type(self._model).__name__)
-        gm = copy.deepcopy(gm)
+        gm = copy.deepcopy(self._current["eval"])  # copies graph, modules and weights in one go
         gm.delete_all_unused_submodules()
         gm.eval()
         return gm

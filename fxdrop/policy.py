@@ -135,8 +135,7 @@ class LearnAndDrop(Policy):
 
     def bind(self, net: "DropNet") -> None:
         super().bind(net)
-        params = dict(net.named_parameters())
-        self.tracker = ScoreTracker({u.name: [params[p] for p in u.params] for u in net.units}, self.beta, self.window)
+        self.tracker = ScoreTracker({u.name: net.parameters_of(u) for u in net.units}, self.beta, self.window)
         for u in net.units:
             if u.dropped or u.frozen:
                 self.tracker.forget(u.name)
@@ -156,7 +155,7 @@ class LearnAndDrop(Policy):
         self.tracker.continuation(scores, self.horizon_at(step))
         for u in live:
             if u.name in scores:
-                self.net._record_score(u, {"step": step, **scores[u.name]})
+                u.scores.append({"step": step, **scores[u.name]})
         if step < self.warmup:
             return []
         bad = [n for n, s in scores.items() if not math.isfinite(s.get("continuation", math.nan))]

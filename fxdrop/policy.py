@@ -54,13 +54,20 @@ class Policy:
     def decide(self, step: int) -> list[str]:
         """The names to act on after ``step``. Under torch.distributed every rank computes its scores
         (keeping its state in step) and rank 0's decision is broadcast, so all ranks drop the same units."""
-        names = agree(self._decide(step))
+        names = self._decide(step)
+        if self.may_decide(step):  # a collective only where a decision can happen, not every step
+            names = agree(names)
         if names:
             self.events.append((step, list(names)))
         return names
 
     def _decide(self, step: int) -> list[str]:
         return []
+
+    def may_decide(self, step: int) -> bool:
+        """Whether ``step`` can bring a decision (the same answer on every rank). The default, for
+        policies written by users, is every step."""
+        return True
 
     def state_dict(self) -> dict:
         return {"events": [(s, list(n)) for s, n in self.events]}
@@ -71,6 +78,9 @@ class Policy:
 
 class NoDrop(Policy):
     """Never drops anything: the full-network baseline."""
+
+    def may_decide(self, step: int) -> bool:
+        return False
 
 
 class LearnAndDrop(Policy):
@@ -139,6 +149,9 @@ class LearnAndDrop(Policy):
         for u in net.units:
             if u.dropped or u.frozen:
                 self.tracker.forget(u.name)
+
+    def may_decide(self, step: int) -> bool:
+        return step % self.interval == 0 and step >= self.warmup
 
     def horizon_at(self, step: int) -> int:
         if self.total_steps is None:
@@ -223,6 +236,9 @@ class _Schedule(Policy):
     def _pick(self, live: list, count: int) -> list:
         raise NotImplementedError
 
+    def may_decide(self, step: int) -> bool:
+        return step in self.schedule
+
     def _decide(self, step: int) -> list[str]:
         count = self.schedule.get(step, 0)
         if not count:
@@ -280,6 +296,9 @@ class FixedDrop(Policy):
     def thin_like(cls, policy: Policy) -> "FixedDrop":
         """Drop, from the first step, every unit ``policy`` had dropped by the end of its run."""
         return cls({1: [n for _, names in policy.events for n in names]})
+
+    def may_decide(self, step: int) -> bool:
+        return step in self.plan
 
     def _decide(self, step: int) -> list[str]:
         live = {u.name for u in self.live()}

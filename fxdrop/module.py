@@ -313,6 +313,13 @@ class DropNet(nn.Module):
         self._drop_listeners.append(fn)
         return fn
 
+    def candidate_graph(self, names: Iterable[str] = (), mode: str = "train") -> fx.GraphModule:
+        """The ``mode`` graph with ``names`` bypassed besides the units dropped now, without changing
+        anything (a pure rewrite sharing this model's parameters): what a drop would run, for checks."""
+        names = {self.unit(n).name for n in names}  # unknown names raise UnitError
+        sites = [u.sites[mode] for u in self._require_units() if u.dropped or u.name in names]
+        return bypass(self._full[mode], sites).graph_module
+
     def _rewrite(self) -> None:
         units = self._require_units()
         for mode in MODES:
@@ -371,7 +378,9 @@ class DropNet(nn.Module):
         names = self.policy.decide(self.steps)
         if not names:
             return []
-        return self.freeze(*names) if self.policy.action == "freeze" else self.drop(*names)
+        done = self.freeze(*names) if self.policy.action == "freeze" else self.drop(*names)
+        self.policy.committed(done)
+        return done
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
         """Call :meth:`step` after every ``optimizer.step()`` through a step post-hook; returns the hook
@@ -497,6 +506,8 @@ class DropNet(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._units is None:
             self._initialize(tuple(args), dict(kwargs))
+        if self.training and self.policy is not None and torch.is_grad_enabled():
+            self.policy.observe_inputs(self.steps + 1, args, kwargs)  # held batches for drop checks
         return self._callable("train" if self.training else "eval")(*args, **kwargs)
 
     def extra_repr(self) -> str:

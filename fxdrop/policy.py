@@ -9,16 +9,20 @@ baseline: no forward saving, backward saving).
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import warnings
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .distributed import agree
+from .probe import Probe, drop_cost, recalibrate_batchnorm
 from .scores import ScoreTracker
 
 if TYPE_CHECKING:
     from .module import DropNet
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Policy", "NoDrop", "LearnAndDrop", "RandomDrop", "PositionDrop", "FixedDrop"]
 
@@ -50,6 +54,12 @@ class Policy:
 
     def observe_lr(self, lr: float) -> None:
         """Told the optimizer's learning rate after every step (when the wrapper knows the optimizer)."""
+
+    def observe_inputs(self, step: int, args: tuple, kwargs: dict) -> None:
+        """Told the inputs of every training forward (``step`` is the step it belongs to, 1-based)."""
+
+    def committed(self, names: list[str]) -> None:
+        """Told after the wrapper dropped (or froze) ``names`` on this policy's decision."""
 
     def decide(self, step: int) -> list[str]:
         """The names to act on after ``step``. Under torch.distributed every rank computes its scores
@@ -84,16 +94,26 @@ class NoDrop(Policy):
 
 
 class LearnAndDrop(Policy):
-    """Drop units that have stopped learning (docs/method.md has every definition and default).
+    """Drop units that have stopped learning, after checking that dropping them is safe
+    (docs/method.md has every definition and default).
 
-    Every ``interval`` optimizer steps the scores of the live units are updated; after ``warmup``
-    steps a unit with at least ``window`` scores is dropped when its plateau ratio is at most
-    ``plateau`` *and* its continuation score is at most ``threshold``, lowest continuation first, while
-    the dropped units stay within ``max_drop_fraction`` of the full forward FLOPs and at most
-    ``max_drops_per_event`` go at once. With ``stop`` set, a unit whose plateau ratio is at most ``stop``
-    is a candidate whatever the others do (the aggressive setting: every unit that has lost that much
-    of its own peak pace goes). ``total_steps`` (if known) sets the extrapolation horizon to
-    the intervals left, capped at ``horizon``. Units named in ``never`` are kept.
+    Every ``interval`` optimizer steps the learning scores of the live units are updated. From
+    ``warmup`` on, a unit with at least ``window`` scores whose plateau ratio is at most ``plateau``
+    (it lost that share of its own peak learning pace) *and*, if ``threshold`` is set, whose
+    continuation score is at most ``threshold`` is a candidate; with ``stop`` set, a plateau ratio at
+    most ``stop`` alone makes a candidate. With ``target_speedup`` set, every live unit is a candidate
+    until the FLOPs-predicted speed-up of the run reaches the target (the budget knob).
+
+    Candidates are then **checked** on a few held training batches (:mod:`fxdrop.probe`): a unit
+    whose bypass changes more than ``tolerance`` of the predictions (arg-max, so the accuracy cannot
+    move by more) is kept and not tried again for 1, 2, 4, ... intervals; the others are dropped
+    cheapest per FLOP first while the drops of this event together stay within ``tolerance``, the
+    dropped FLOPs within ``max_drop_fraction`` and at most ``max_drops_per_event`` go at once. After a
+    drop, BatchNorm running statistics are re-estimated on the held batches (``recalibrate``), so
+    evaluation right after a drop is not run with statistics of the old graph. With ``total_steps``
+    known, nothing is dropped in the last ``final_fraction`` of the run (too late to recover) and the
+    budget counts the whole run; ``check=False`` gives the unchecked rule. Units named in ``never``
+    are kept.
     """
 
     def __init__(
@@ -102,13 +122,20 @@ class LearnAndDrop(Policy):
         warmup: int = 200,
         window: int = 4,
         beta: float = 0.5,
-        plateau: float = 0.3,
-        threshold: float = 0.7,
+        plateau: float = 0.5,
+        threshold: float | None = None,
         horizon: int = 20,
         total_steps: int | None = None,
         max_drop_fraction: float = 0.8,
         max_drops_per_event: int | None = None,
         stop: float | None = None,
+        tolerance: float = 0.01,
+        target_speedup: float | None = None,
+        check: bool = True,
+        probe_batches: int = 4,
+        probe_samples: int = 64,
+        recalibrate: bool = True,
+        final_fraction: float = 0.1,
         never: Iterable[str] = (),
         action: str = "drop",
     ):
@@ -117,17 +144,26 @@ class LearnAndDrop(Policy):
             ("interval", interval, isinstance(interval, int) and interval >= 1, "an int >= 1"),
             ("warmup", warmup, isinstance(warmup, int) and warmup >= 0, "an int >= 0"),
             ("window", window, isinstance(window, int) and window >= 2, "an int >= 2"),
-            ("beta", beta, 0 <= beta < 1, "in [0, 1)"),
-            ("plateau", plateau, 0 < plateau <= 1, "in (0, 1]"),
-            ("threshold", threshold, threshold > 0, "> 0"),
+            ("beta", beta, _num(beta) and 0 <= beta < 1, "in [0, 1)"),
+            ("plateau", plateau, _num(plateau) and 0 < plateau <= 1, "in (0, 1]"),
+            ("threshold", threshold, threshold is None or (_num(threshold) and threshold > 0), "None or > 0"),
             ("horizon", horizon, isinstance(horizon, int) and horizon >= 1, "an int >= 1"),
             ("total_steps", total_steps, total_steps is None or (isinstance(total_steps, int) and total_steps > 0),
              "None or an int > 0"),
-            ("max_drop_fraction", max_drop_fraction, 0 <= max_drop_fraction <= 1, "in [0, 1]"),
-            ("stop", stop, stop is None or 0 < stop <= 1, "None or in (0, 1]"),
+            ("max_drop_fraction", max_drop_fraction, _num(max_drop_fraction) and 0 <= max_drop_fraction <= 1,
+             "in [0, 1]"),
+            ("stop", stop, stop is None or (_num(stop) and 0 < stop <= 1), "None or in (0, 1]"),
             ("max_drops_per_event", max_drops_per_event,
              max_drops_per_event is None or (isinstance(max_drops_per_event, int) and max_drops_per_event >= 1),
              "None or an int >= 1"),
+            ("tolerance", tolerance, _num(tolerance) and 0 <= tolerance <= 1, "in [0, 1]"),
+            ("target_speedup", target_speedup, target_speedup is None or (_num(target_speedup) and target_speedup >= 1),
+             "None or a number >= 1"),
+            ("check", check, isinstance(check, bool), "True or False"),
+            ("probe_batches", probe_batches, isinstance(probe_batches, int) and probe_batches >= 1, "an int >= 1"),
+            ("probe_samples", probe_samples, isinstance(probe_samples, int) and probe_samples >= 1, "an int >= 1"),
+            ("recalibrate", recalibrate, isinstance(recalibrate, bool), "True or False"),
+            ("final_fraction", final_fraction, _num(final_fraction) and 0 <= final_fraction < 1, "in [0, 1)"),
         ]
         for name, value, ok, what in checks:
             if not ok:
@@ -135,13 +171,22 @@ class LearnAndDrop(Policy):
         self.interval, self.warmup, self.window, self.beta = interval, warmup, window, beta
         self.plateau, self.threshold, self.horizon, self.total_steps = plateau, threshold, horizon, total_steps
         self.max_drop_fraction, self.max_drops_per_event = max_drop_fraction, max_drops_per_event
-        self.stop = stop
+        self.stop, self.tolerance, self.target_speedup = stop, tolerance, target_speedup
+        self.check, self.recalibrate, self.final_fraction = check, recalibrate, final_fraction
+        self.probe = Probe(probe_batches, probe_samples, stride=max(1, interval // probe_batches))
         self.tracker: ScoreTracker | None = None
         self._lr_sum, self._lr_n = 0.0, 0
+        self._frac_sum, self._frac_n = 0.0, 0  # forward-FLOPs fraction summed over the steps so far
+        self.backoff: dict[str, tuple[int, int]] = {}  # unit -> (retry at step, intervals to wait next)
+        self.checks: list[dict] = []  # every check: step, units, disagreement, kl, accepted
 
     def observe_lr(self, lr: float) -> None:
         self._lr_sum += lr
         self._lr_n += 1
+
+    def observe_inputs(self, step: int, args: tuple, kwargs: dict) -> None:
+        if self.check or self.recalibrate:
+            self.probe.offer(step, args, kwargs)
 
     def bind(self, net: "DropNet") -> None:
         super().bind(net)
@@ -158,8 +203,25 @@ class LearnAndDrop(Policy):
             return self.horizon
         return max(0, min(self.horizon, (self.total_steps - step) // self.interval))
 
+    def predicted_speedup(self, step: int, extra_flops: int = 0) -> float:
+        """The speed-up the FLOPs predict if ``extra_flops`` more were dropped now: over the whole run
+        (``1 / mean fraction`` with the steps so far) when ``total_steps`` is known, else from now on."""
+        assert self.net is not None
+        total = max(self.net.full_flops("train"), 1)
+        gone = sum(u.flops for u in self.net.units if u.dropped or u.frozen) + extra_flops
+        frac = max(1.0 - gone / total, 1e-9)
+        if self.total_steps is None or step >= self.total_steps:
+            return 1.0 / frac
+        mean = (self._frac_sum + frac * (self.total_steps - step)) / self.total_steps
+        return 1.0 / mean
+
     def _decide(self, step: int) -> list[str]:
-        if step % self.interval or self.tracker is None or self.net is None:
+        if self.net is None or self.tracker is None:
+            return []
+        full = max(self.net.full_flops("train"), 1)
+        self._frac_sum += (self.net.flops("train") if self.action == "drop" else full) / full
+        self._frac_n += 1
+        if step % self.interval:
             return []
         live = self.live()
         lr = self._lr_sum / self._lr_n if self._lr_n else 1.0
@@ -171,6 +233,10 @@ class LearnAndDrop(Policy):
                 u.scores.append({"step": step, **scores[u.name]})
         if step < self.warmup:
             return []
+        if self.total_steps is not None and step > (1 - self.final_fraction) * self.total_steps:
+            return []
+        if self.target_speedup is not None and self.predicted_speedup(step) >= self.target_speedup:
+            return []
         bad = [n for n, s in scores.items() if not math.isfinite(s.get("continuation", math.nan))]
         if bad:
             warnings.warn(f"fxdrop: non-finite scores for units {bad} at step {step}; they are kept", stacklevel=3)
@@ -178,33 +244,99 @@ class LearnAndDrop(Policy):
             u for u in live
             if u.name not in self.never and u.name in scores and u.name not in bad
             and len(self.tracker.changes[u.name]) >= self.window
-            and (
-                (scores[u.name]["plateau"] <= self.plateau and scores[u.name]["continuation"] <= self.threshold)
-                or (self.stop is not None and scores[u.name]["plateau"] <= self.stop)
-            )
+            and self.backoff.get(u.name, (0, 1))[0] <= step
+            and (self.target_speedup is not None or self._stopped_learning(scores[u.name]))
         ]
         cands.sort(key=lambda u: scores[u.name]["continuation"])
-        return self._within_budget(cands)
+        if self.check and len(self.probe) and cands:
+            chosen = self._checked(cands, step)
+        else:
+            chosen = self._within_budget(cands, step)
+        for name in chosen:
+            self.tracker.forget(name)
+            self.backoff.pop(name, None)
+        return chosen
 
-    def _within_budget(self, cands: Sequence) -> list[str]:
+    def _stopped_learning(self, s: dict[str, float]) -> bool:
+        if self.stop is not None and s["plateau"] <= self.stop:
+            return True
+        return s["plateau"] <= self.plateau and (self.threshold is None or s["continuation"] <= self.threshold)
+
+    def _fits(self, units: Sequence, step: int) -> bool:
+        """Whether dropping ``units`` (besides what is gone) respects the caps and does not overshoot
+        a speed-up target already met without the last of them."""
         assert self.net is not None
         total = max(self.net.full_flops("train"), 1)
         gone = sum(u.flops for u in self.net.units if u.dropped or u.frozen)
-        chosen: list[str] = []
+        extra = sum(u.flops for u in units)
+        if (gone + extra) / total > self.max_drop_fraction + 1e-12:
+            return False
+        if self.max_drops_per_event is not None and len(units) > self.max_drops_per_event:
+            return False
+        if self.target_speedup is not None and len(units) > 1:
+            return self.predicted_speedup(step, extra - units[-1].flops) < self.target_speedup
+        return True
+
+    def _within_budget(self, cands: Sequence, step: int) -> list[str]:
+        chosen: list = []
         for u in cands:
-            if self.max_drops_per_event is not None and len(chosen) >= self.max_drops_per_event:
-                break
-            if (gone + u.flops) / total <= self.max_drop_fraction + 1e-12:
-                chosen.append(u.name)
-                gone += u.flops
-        for name in chosen:
-            self.tracker.forget(name)
-        return chosen
+            if self._fits(chosen + [u], step):
+                chosen.append(u)
+        return [u.name for u in chosen]
+
+    def _reject(self, name: str, step: int) -> None:
+        wait = self.backoff.get(name, (0, 1))[1]
+        self.backoff[name] = (step + wait * self.interval, min(2 * wait, 64))
+
+    def _checked(self, cands: Sequence, step: int) -> list[str]:
+        """Measure each candidate's drop cost on the probe, keep the cheap ones, then add them cheapest
+        per FLOP first while the set's cost stays within ``tolerance`` (docs/method.md)."""
+        assert self.net is not None
+        net = self.net
+        current = net.graph_module if net.training else net.candidate_graph([], "train")
+        costs = drop_cost(net.model, current, [net.candidate_graph([u.name], "train") for u in cands], self.probe, step)
+        ok = []
+        for u, c in zip(cands, costs):
+            if u.scores and u.scores[-1].get("step") == step:
+                u.scores[-1].update(drop_cost=c.disagreement, drop_kl=c.kl)
+            accepted = c.disagreement <= self.tolerance
+            self.checks.append({"step": step, "units": [u.name], "disagreement": c.disagreement, "kl": c.kl,
+                                "accepted": accepted})
+            if accepted:
+                ok.append((u, c))
+            else:
+                self._reject(u.name, step)
+        ok.sort(key=lambda uc: (uc[1].disagreement + 1e-6) / max(uc[0].flops, 1))
+        chosen: list = []
+        for u, c in ok:
+            if not self._fits(chosen + [u], step):
+                continue
+            if chosen:
+                trial = chosen + [u]
+                (tc,) = drop_cost(net.model, current, [net.candidate_graph([v.name for v in trial], "train")],
+                                  self.probe, step)
+                accepted = tc.disagreement <= self.tolerance
+                self.checks.append({"step": step, "units": [v.name for v in trial], "disagreement": tc.disagreement,
+                                    "kl": tc.kl, "accepted": accepted})
+                if not accepted:
+                    continue  # alone it was cheap; with the others too much: try it again next boundary
+            chosen.append(u)
+        return [u.name for u in chosen]
+
+    def committed(self, names: list[str]) -> None:
+        """Told by the wrapper after it dropped ``names``: let BatchNorm statistics follow the new graph."""
+        if self.recalibrate and self.action == "drop" and names and self.net is not None and len(self.probe):
+            n = recalibrate_batchnorm(self.net.model, self.net.candidate_graph([], "train"), self.probe)
+            log.info("fxdrop: dropped %s; re-estimated %d BatchNorm layers on %d held batches", names, n, len(self.probe))
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
         sd["tracker"] = self.tracker.state_dict() if self.tracker is not None else None
         sd["lr"] = (self._lr_sum, self._lr_n)
+        sd["flops"] = (self._frac_sum, self._frac_n)
+        sd["backoff"] = {k: list(v) for k, v in self.backoff.items()}
+        sd["probe"] = {"held": list(self.probe.held), "next": self.probe._next}
+        sd["checks"] = [dict(c) for c in self.checks]
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -212,6 +344,16 @@ class LearnAndDrop(Policy):
         if sd.get("tracker") is not None and self.tracker is not None:
             self.tracker.load_state_dict(sd["tracker"])
         self._lr_sum, self._lr_n = sd.get("lr", (0.0, 0))
+        self._frac_sum, self._frac_n = sd.get("flops", (0.0, 0))
+        self.backoff = {k: (int(v[0]), int(v[1])) for k, v in sd.get("backoff", {}).items()}
+        probe = sd.get("probe") or {}
+        self.probe.held = [(tuple(a), dict(k)) for a, k in probe.get("held", [])]
+        self.probe._next = int(probe.get("next", 0))
+        self.checks = [dict(c) for c in sd.get("checks", [])]
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class _Schedule(Policy):

@@ -25,7 +25,7 @@ from torch import nn
 
 from .units import UnitSite, is_inplace
 
-__all__ = ["RewriteResult", "bypass", "make_out_of_place", "insert_stochastic_depth"]
+__all__ = ["RewriteResult", "bypass", "make_out_of_place", "insert_stochastic_depth", "scale_branches"]
 
 
 @dataclass
@@ -174,20 +174,36 @@ def insert_stochastic_depth(
 
     if len(sites) != len(probs):
         raise ValueError(f"insert_stochastic_depth: {len(sites)} sites but {len(probs)} probabilities")
+    return _on_branches(gm, sites, [(stochastic_depth, (float(p), mode, True)) for p in probs])
+
+
+def scale_branches(gm: fx.GraphModule, sites: Sequence[UnitSite], factors: Sequence[float]) -> RewriteResult:
+    """Return a new ``GraphModule`` where each residual site's branch is multiplied by its factor
+    before the add (the inverted scaling of layer-dropping schemes: a branch kept with probability
+    ``p`` is scaled by ``1/p`` so the expected output matches the full network's)."""
+    if len(sites) != len(factors):
+        raise ValueError(f"scale_branches: {len(sites)} sites but {len(factors)} factors")
+    return _on_branches(gm, sites, [(operator.mul, (float(f),)) for f in factors])
+
+
+def _on_branches(gm: fx.GraphModule, sites: Sequence[UnitSite], calls: Sequence[tuple[Callable, tuple]]) -> RewriteResult:
+    """Insert ``fn(branch, *extra)`` between each residual site's branch and its add."""
     if not sites:
         return RewriteResult(gm, False)
     graph: fx.Graph = copy.deepcopy(gm.graph)
     nodes = {n.name: n for n in graph.nodes}
     result = RewriteResult(gm, True)
-    for site, p in zip(sites, probs):
+    for site, (fn, extra) in zip(sites, calls):
         add = nodes[site.exit]
         inside = set(site.nodes)
-        branch = next(a for a in add.args[:2] if isinstance(a, fx.Node) and a.name in inside)
+        branch = next((a for a in add.args[:2] if isinstance(a, fx.Node) and a.name in inside), None)
+        if branch is None:
+            raise ValueError(f"unit site ending at {add.format_node()} is not a residual add; only residual units have a branch")
         with graph.inserting_before(add):
-            sd = graph.call_function(stochastic_depth, (branch, float(p), mode, True))
-        sd.meta = {"tensor_meta": branch.meta.get("tensor_meta")}
-        add.replace_input_with(branch, sd)
-        result.out_of_place.append(sd.name)
+            new = graph.call_function(fn, (branch, *extra))
+        new.meta = {"tensor_meta": branch.meta.get("tensor_meta")}
+        add.replace_input_with(branch, new)
+        result.out_of_place.append(new.name)
     graph.lint()
     result.graph_module = fx.GraphModule(gm, graph, class_name=type(gm).__name__)
     return result

@@ -81,7 +81,7 @@ def test_decision_rule_thresholds():
     # a trend falling faster than the median lowers continuation: layer1.1 at log(1/2) vs 0 elsewhere
     table = _table([0.1, 0.3, 0.35, 0.4, 1.0])
     table["layer1.1"]["trend"] = math.log(0.5)
-    pol = Scripted(table, interval=1, warmup=0, horizon=2)
+    pol = Scripted(table, interval=1, warmup=0, horizon=2, plateau=0.3, threshold=0.7)
     _net(pol)
     assert pol.decide(1) == ["layer1.0", "layer1.1"]  # continuations 0.29 and 0.86 * 0.375 = 0.32
 
@@ -107,11 +107,11 @@ def test_decision_rule_warmup_interval_never_and_budget():
 
 
 def test_stop_drops_units_that_stopped_whatever_the_others_do():
-    table = _table([0.05, 0.06, 0.07, 0.08, 0.5])  # all alike: relative rule alone keeps them
-    pol = Scripted(table, interval=1, warmup=0)
+    table = _table([0.05, 0.06, 0.07, 0.08, 0.5])  # all alike: the relative rule alone keeps them
+    pol = Scripted(table, interval=1, warmup=0, plateau=0.3, threshold=0.7)
     _net(pol)
     assert pol.decide(1) == []
-    pol = Scripted(table, interval=1, warmup=0, stop=0.1, max_drop_fraction=1.0)
+    pol = Scripted(table, interval=1, warmup=0, plateau=0.3, threshold=0.7, stop=0.1, max_drop_fraction=1.0)
     _net(pol)
     assert sorted(pol.decide(1)) == ["layer1.0", "layer1.1", "layer2.1", "layer3.1"]
 
@@ -119,7 +119,7 @@ def test_stop_drops_units_that_stopped_whatever_the_others_do():
 def test_decision_rule_non_finite_scores_warn_and_keep():
     table = _table([0.1, 0.1, 0.5, 0.9, 1.0])
     table["layer1.0"]["plateau"] = math.nan
-    pol = Scripted(table, interval=1, warmup=0)
+    pol = Scripted(table, interval=1, warmup=0, plateau=0.3)
     _net(pol)
     with pytest.warns(UserWarning, match="non-finite scores.*layer1.0"):
         assert pol.decide(1) == ["layer1.1"]

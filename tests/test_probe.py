@@ -1,0 +1,206 @@
+"""Drop checks on held batches: the cost measure, that checks leave no trace, BatchNorm recalibration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+import fxdrop
+from fxdrop.probe import Probe, drop_cost, preserved_state, recalibrate_batchnorm
+
+
+def test_probe_keeps_a_ring_of_detached_slices_every_stride_steps():
+    p = Probe(batches=2, samples=3, stride=2)
+    x = torch.arange(10.0, requires_grad=True).view(5, 2)
+    for step in range(1, 8):
+        p.offer(step, (x * step,), {"flag": True})
+    assert len(p) == 2  # steps 2, 4, 6 offered; the ring keeps 6 and 4
+    (a6,), kw = p.held[0]  # slot 0 was overwritten by step 6
+    (a4,), _ = p.held[1]
+    assert a6.shape == (3, 2) and not a6.requires_grad and kw == {"flag": True}
+    torch.testing.assert_close(a6, (x * 6)[:3].detach())
+    torch.testing.assert_close(a4, (x * 4)[:3].detach())
+    with pytest.raises(ValueError, match="batches"):
+        Probe(batches=0)
+
+
+def test_drop_cost_disagreement_and_kl_hand_computed():
+    # "current" predicts class 0 for every row; the candidate flips rows 1 and 3 of 4
+    cur_logits = torch.tensor([[2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])
+    new_logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 2.0]])
+    p = Probe(batches=1, samples=4)
+    p.offer(1, (torch.zeros(4, 1),), {})
+    (cost,) = drop_cost(nn.Linear(1, 1), lambda x: cur_logits, [lambda x: new_logits], p)
+    assert cost.disagreement == pytest.approx(0.5) and cost.samples == 4
+    # KL(old || new) on a flipped row: p=(e^2,1)/(e^2+1), q=(1,e^2)/(e^2+1): sum p log p/q = (p0-p1)*2
+    p0 = math.exp(2) / (math.exp(2) + 1)
+    assert cost.kl == pytest.approx(2 * (2 * p0 - 1) * 2 / 4, rel=1e-5)
+
+
+def test_drop_cost_of_non_logit_outputs_is_relative_change():
+    p = Probe(batches=1, samples=4)
+    p.offer(1, (torch.zeros(2, 3, 4),), {})
+    old = torch.ones(2, 3, 4)
+    (cost,) = drop_cost(nn.Linear(1, 1), lambda x: old, [lambda x: old * 1.1], p)
+    assert cost.disagreement == pytest.approx(0.1, rel=1e-5)
+
+
+def _bn_net(seed=0):
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=10)
+    net = fxdrop.wrap(model, example_inputs=(torch.randn(2, 3, 32, 32),))
+    return net
+
+
+def test_checks_leave_buffers_and_rng_untouched():
+    net = _bn_net()
+    net.train()
+    p = Probe(batches=2, samples=8)
+    for s in (1, 2):
+        p.offer(s, (torch.randn(8, 3, 32, 32),), {})
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    costs = drop_cost(net.model, net.graph_module, [net.candidate_graph(["layer4.1"]),
+                                                    net.candidate_graph(["layer1.0", "layer1.1"])], p)
+    assert all(0 <= c.disagreement <= 1 for c in costs)
+    assert torch.equal(rng, torch.get_rng_state())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # the identity "candidate" costs nothing, and dropout masks are re-drawn identically
+    (same,) = drop_cost(net.model, net.graph_module, [net.graph_module], p)
+    assert same.disagreement == 0 and same.kl == pytest.approx(0, abs=1e-6)
+
+
+def test_preserved_state_reseeds_identically():
+    m = nn.Dropout(0.5).train()
+    with preserved_state(m, seed=3) as reseed:
+        reseed()
+        a = m(torch.ones(100))
+        reseed()
+        b = m(torch.ones(100))
+    assert torch.equal(a, b)
+
+
+def test_recalibrate_batchnorm_matches_average_of_batch_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4))
+    unused = nn.BatchNorm2d(4)  # in the model but not on the path: keeps its statistics
+    model.add_module("unused", unused)
+    with torch.no_grad():
+        unused.running_mean.fill_(5.0)
+    model.train()
+    p = Probe(batches=2, samples=16)
+    xs = [torch.randn(16, 3, 8, 8) + i for i in range(2)]
+    for i, x in enumerate(xs):
+        p.offer(i + 1, (x,), {})
+    fwd = lambda x: model[3](model[2](model[1](model[0](x))))
+    nbt = model[1].num_batches_tracked.clone()
+    assert recalibrate_batchnorm(model, fwd, p) == 3
+    with torch.no_grad():
+        means = [model[0](x).mean((0, 2, 3)) for x in xs]
+    torch.testing.assert_close(model[1].running_mean, (means[0] + means[1]) / 2)
+    assert model[1].momentum == 0.1 and torch.equal(model[1].num_batches_tracked, nbt)
+    assert torch.all(unused.running_mean == 5.0)
+
+
+def _train_steps(net, pol, steps, lr=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 3, 32, 32, generator=g)
+    y = torch.randint(0, 10, (64,), generator=g)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    net.train()
+    for i in range(steps):
+        idx = torch.randint(0, 64, (16,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x[idx]), y[idx]).backward()
+        opt.step()
+        net.step(opt)
+    return x
+
+
+def test_checked_policy_rejects_costly_drops_and_backs_off():
+    # tolerance 0: a bypass that changes any prediction is refused; each refusal doubles the wait
+    pol = fxdrop.LearnAndDrop(interval=4, warmup=0, window=2, plateau=1.0, tolerance=0.0, probe_samples=16)
+    torch.manual_seed(0)
+    net = fxdrop.wrap(torchvision.models.resnet18(num_classes=10), example_inputs=(torch.randn(2, 3, 32, 32),),
+                      policy=pol)
+    _train_steps(net, pol, 24)
+    rejected = [c for c in pol.checks if not c["accepted"]]
+    assert rejected, "a random network's blocks change some predictions"
+    assert all(c["disagreement"] > 0 for c in rejected)
+    assert all(c["disagreement"] == 0 for c in pol.checks if c["accepted"])
+    for name, (retry, wait) in pol.backoff.items():
+        tries = [c["step"] for c in pol.checks if c["units"] == [name] and not c["accepted"]]
+        assert wait == 2 ** len(tries) or wait == 64
+        assert retry == tries[-1] + 2 ** (len(tries) - 1) * 4
+    for u in net.units:  # every checked unit has its cost on its score history
+        assert all("drop_cost" in s for s in u.scores if any(c["step"] == s["step"] and c["units"] == [u.name]
+                                                            for c in pol.checks))
+
+
+def test_checked_policy_accepts_within_tolerance_and_recalibrates():
+    pol = fxdrop.LearnAndDrop(interval=4, warmup=0, window=2, plateau=1.0, tolerance=1.0, probe_samples=16,
+                              max_drops_per_event=1)
+    torch.manual_seed(0)
+    net = fxdrop.wrap(torchvision.models.resnet18(num_classes=10), example_inputs=(torch.randn(2, 3, 32, 32),),
+                      policy=pol)
+    seen = []
+    net.on_drop(lambda n, names, ev: seen.append((ev, list(names))))
+    _train_steps(net, pol, 8)
+    # window=2: the first boundary with two scores is step 8; one unit per event
+    assert pol.events and pol.events[0][0] == 8 and len(pol.events[0][1]) == 1
+    assert seen[0] == ("drop", pol.events[0][1])
+    # recalibrated on the held batches through the new graph: re-running that average changes nothing
+    bn = net.model.layer2[0].bn1
+    after = bn.running_mean.clone()
+    recalibrate_batchnorm(net.model, net.graph_module, pol.probe)
+    torch.testing.assert_close(bn.running_mean, after)
+    assert bn.momentum == 0.1
+
+
+def test_target_speedup_drops_until_the_predicted_speedup_is_reached():
+    pol = fxdrop.LearnAndDrop(interval=2, warmup=0, window=2, plateau=1e-9, tolerance=1.0, target_speedup=1.3,
+                              total_steps=40, probe_samples=8)
+    torch.manual_seed(0)
+    net = fxdrop.wrap(torchvision.models.resnet18(num_classes=10), example_inputs=(torch.randn(2, 3, 32, 32),),
+                      policy=pol)
+    _train_steps(net, pol, 12)
+    assert net.dropped, "plateau=1e-9 never fires: only the target makes candidates"
+    assert pol.predicted_speedup(12) >= 1.3
+    # no overshoot: without the last unit dropped, the target would not have been met
+    last = [u for u in net.units if u.name == pol.events[-1][1][-1]][0]
+    assert pol.predicted_speedup(pol.events[-1][0], -last.flops) < 1.3
+    before = list(net.dropped)
+    _train_steps(net, pol, 10, seed=1)
+    assert net.dropped == before  # target met: nothing more
+
+
+def test_predicted_speedup_hand_computed():
+    pol = fxdrop.LearnAndDrop(total_steps=100)
+    net = fxdrop.wrap(torchvision.models.resnet18(num_classes=10), example_inputs=(torch.randn(2, 3, 32, 32),),
+                      policy=pol)
+    full = net.full_flops("train")
+    u = net.unit("layer4.1")
+    pol._frac_sum = 40.0  # 40 full steps so far
+    f = 1 - u.flops / full
+    assert pol.predicted_speedup(40, u.flops) == pytest.approx(100 / (40 + 60 * f))
+    pol.total_steps = None
+    assert pol.predicted_speedup(40, u.flops) == pytest.approx(1 / f)
+
+
+def test_no_drop_in_the_final_fraction_when_total_steps_is_known():
+    pol = fxdrop.LearnAndDrop(interval=2, warmup=0, window=2, plateau=1.0, tolerance=1.0, total_steps=20,
+                              final_fraction=0.5, probe_samples=8)
+    torch.manual_seed(0)
+    net = fxdrop.wrap(torchvision.models.resnet18(num_classes=10), example_inputs=(torch.randn(2, 3, 32, 32),),
+                      policy=pol, )
+    pol.max_drop_fraction = 0.0  # nothing fits before the final half ...
+    _train_steps(net, pol, 10)
+    pol.max_drop_fraction = 1.0  # ... and the final half is closed
+    _train_steps(net, pol, 10, seed=1)
+    assert net.dropped == [] and net.steps == 20

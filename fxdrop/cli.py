@@ -149,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fxdrop", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="train full vs. dropped from the same initialisation and compare")
-    r.add_argument("--model", default="resnet18", help="torchvision model name or package.module:factory")
+    r.add_argument("--model", default="resnet18",
+                   help="resnet20/32/56 (CIFAR ResNets), a torchvision model name, or package.module:factory")
     r.add_argument("--dataset", default="mnist-small", choices=sorted(data_mod.DATASETS))
     r.add_argument("--data-dir", default=None, help="directory with the data set (torchvision layouts)")
     r.add_argument("--epochs", type=int, default=3)

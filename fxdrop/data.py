@@ -1,4 +1,4 @@
-"""Real image data, offline: a bundled MNIST subset, and MNIST, Fashion-MNIST, CIFAR-10 and Imagenette
+"""Real image data, offline: bundled MNIST and Fashion-MNIST subsets, and MNIST, Fashion-MNIST, CIFAR-10 and Imagenette
 from local directories in torchvision's on-disk formats. Nothing is downloaded.
 
 Every loader returns :class:`ImageData`: uint8 image tensors ``N x C x H x W`` in memory plus labels, so
@@ -16,9 +16,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-__all__ = ["ImageData", "load", "DATASETS", "BUNDLED"]
+__all__ = ["ImageData", "load", "DATASETS", "BUNDLED", "BUNDLED_FASHION"]
 
 BUNDLED = Path(__file__).parent / "data" / "mnist_small.npz"
+BUNDLED_FASHION = Path(__file__).parent / "data" / "fashion_small.npz"  # scripts/make_fashion_small.py
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -75,15 +76,29 @@ class ImageData:
 MNIST_NORM = ((0.1307,), (0.3081,))
 CIFAR_NORM = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+FASHION_NORM = ((0.2860,), (0.3530,))  # full Fashion-MNIST training set
+
+
+def _bundled(name: str, path: Path, norm, source: str) -> ImageData:
+    """A bundled ``.npz`` of uint8 ``train_x/test_x`` (N x 28 x 28) and ``train_y/test_y``."""
+    d = np.load(path)
+    return ImageData(
+        name, torch.from_numpy(d["train_x"]).unsqueeze(1), torch.from_numpy(d["train_y"]).long(),
+        torch.from_numpy(d["test_x"]).unsqueeze(1), torch.from_numpy(d["test_y"]).long(), *norm, 10, source,
+    )
 
 
 def _mnist_small(data_dir: str | None) -> ImageData:
-    d = np.load(BUNDLED)
-    return ImageData(
-        "mnist-small", torch.from_numpy(d["train_x"]).unsqueeze(1), torch.from_numpy(d["train_y"]).long(),
-        torch.from_numpy(d["test_x"]).unsqueeze(1), torch.from_numpy(d["test_y"]).long(),
-        *MNIST_NORM, 10, f"bundled {BUNDLED.name}: 12,000 train / 2,000 test MNIST images (CC BY-SA 3.0)",
-    )
+    return _bundled("mnist-small", BUNDLED, MNIST_NORM,
+                    f"bundled {BUNDLED.name}: 12,000 train / 2,000 test MNIST images (CC BY-SA 3.0)")
+
+
+def _fashion_small(data_dir: str | None) -> ImageData:
+    """Bundled class-balanced Fashion-MNIST subset; ``data_dir`` is ignored (nothing is read outside the
+    package)."""
+    return _bundled("fashion-small", BUNDLED_FASHION, FASHION_NORM,
+                    f"bundled {BUNDLED_FASHION.name}: 6,000 train / 2,000 test Fashion-MNIST images, "
+                    "class-balanced (Zalando Research, MIT)")
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -155,7 +170,7 @@ def _fashion(data_dir: str | None) -> ImageData:
             "Fashion-MNIST not found: pass --data-dir with torchvision's FashionMNIST/raw IDX files, or "
             "`apt-get install dataset-fashion-mnist` (files under /usr/share/datasets/fashion-mnist)"
         )
-    return _idx_dataset("fashion-mnist", root, ((0.2860,), (0.3530,)), f"IDX files in {root} (MIT)")
+    return _idx_dataset("fashion-mnist", root, FASHION_NORM, f"IDX files in {root} (Zalando Research, MIT)")
 
 
 def _cifar10(data_dir: str | None) -> ImageData:
@@ -197,6 +212,7 @@ def _imagenette(data_dir: str | None, size: int = 64) -> ImageData:
 DATASETS: dict[str, Callable[[str | None], ImageData]] = {
     "mnist-small": _mnist_small,
     "mnist": _mnist,
+    "fashion-small": _fashion_small,
     "fashion-mnist": _fashion,
     "cifar10": _cifar10,
     "imagenette": _imagenette,

@@ -6,7 +6,6 @@ The loop is what a user writes: ``loss.backward(); optimizer.step(); net.step()`
 from __future__ import annotations
 
 import copy
-import importlib
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -17,6 +16,7 @@ from torch import nn
 
 from .baselines import apply_stochastic_depth
 from .data import ImageData
+from .models import build_model
 from .module import wrap
 from .policy import FixedDrop, LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
 
@@ -58,23 +58,6 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def build_model(name: str, num_classes: int) -> nn.Module:
-    """A torchvision classification model by name, or ``package.module:factory`` (called with
-    ``num_classes=`` if it accepts it)."""
-    if ":" in name:
-        mod_name, _, attr = name.partition(":")
-        factory = getattr(importlib.import_module(mod_name), attr)
-        try:
-            return factory(num_classes=num_classes)
-        except TypeError:
-            return factory()
-    import torchvision
-
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"unknown model {name!r}: give a torchvision model name or package.module:factory")
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
 def make_policy(kind: str, total_steps: int, cfg: TrainConfig, steps_per_epoch: int,

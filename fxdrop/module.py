@@ -360,15 +360,19 @@ class DropNet(nn.Module):
         return changed
 
     # ------------------------------------------------------------------ training loop integration
-    def step(self, optimizer: torch.optim.Optimizer | None = None) -> list[str]:
+    def step(self, optimizer: torch.optim.Optimizer | None = None, *, targets: torch.Tensor | None = None) -> list[str]:
         """Call once after every ``optimizer.step()``: advances the step count, lets the policy score
         the units at interval boundaries and drops (or freezes) what it decides. Returns those names.
 
-        Passing the ``optimizer`` (or using :meth:`attach`) lets the scores discount the learning rate."""
+        Passing the ``optimizer`` (or using :meth:`attach`) lets the scores discount the learning rate;
+        passing the step's class labels ``targets`` lets drop checks measure accuracy on held batches
+        (without them they bound it by the share of predictions that change)."""
         self._require_units()
         self.steps += 1
         if self.policy is None:
             return []
+        if targets is not None:
+            self.policy.observe_targets(self.steps, targets)
         if self.policy.net is not self:
             self.policy.bind(self)
         optimizer = optimizer or self._optimizer

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import time
 import warnings
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -57,6 +58,9 @@ class Policy:
 
     def observe_inputs(self, step: int, args: tuple, kwargs: dict) -> None:
         """Told the inputs of every training forward (``step`` is the step it belongs to, 1-based)."""
+
+    def observe_targets(self, step: int, targets) -> None:
+        """Told the class labels of step ``step`` when the training loop passes them to ``net.step``."""
 
     def committed(self, names: list[str]) -> None:
         """Told after the wrapper dropped (or froze) ``names`` on this policy's decision."""
@@ -133,7 +137,7 @@ class LearnAndDrop(Policy):
         target_speedup: float | None = None,
         check: bool = True,
         probe_batches: int = 4,
-        probe_samples: int = 64,
+        probe_samples: int = 128,
         recalibrate: bool = True,
         final_fraction: float = 0.1,
         never: Iterable[str] = (),
@@ -178,7 +182,8 @@ class LearnAndDrop(Policy):
         self._lr_sum, self._lr_n = 0.0, 0
         self._frac_sum, self._frac_n = 0.0, 0  # forward-FLOPs fraction summed over the steps so far
         self.backoff: dict[str, tuple[int, int]] = {}  # unit -> (retry at step, intervals to wait next)
-        self.checks: list[dict] = []  # every check: step, units, disagreement, kl, accepted
+        self.checks: list[dict] = []  # every check: step, units, cost, disagreement, kl, accepted
+        self.check_seconds = 0.0  # wall time spent in checks and BatchNorm re-estimation
 
     def observe_lr(self, lr: float) -> None:
         self._lr_sum += lr
@@ -187,6 +192,9 @@ class LearnAndDrop(Policy):
     def observe_inputs(self, step: int, args: tuple, kwargs: dict) -> None:
         if self.check or self.recalibrate:
             self.probe.offer(step, args, kwargs)
+
+    def observe_targets(self, step: int, targets) -> None:
+        self.probe.offer_targets(step, targets)
 
     def bind(self, net: "DropNet") -> None:
         super().bind(net)
@@ -249,7 +257,9 @@ class LearnAndDrop(Policy):
         ]
         cands.sort(key=lambda u: scores[u.name]["continuation"])
         if self.check and len(self.probe) and cands:
+            t0 = time.perf_counter()
             chosen = self._checked(cands, step)
+            self.check_seconds += time.perf_counter() - t0
         else:
             chosen = self._within_budget(cands, step)
         for name in chosen:
@@ -298,15 +308,14 @@ class LearnAndDrop(Policy):
         ok = []
         for u, c in zip(cands, costs):
             if u.scores and u.scores[-1].get("step") == step:
-                u.scores[-1].update(drop_cost=c.disagreement, drop_kl=c.kl)
-            accepted = c.disagreement <= self.tolerance
-            self.checks.append({"step": step, "units": [u.name], "disagreement": c.disagreement, "kl": c.kl,
-                                "accepted": accepted})
+                u.scores[-1].update(drop_cost=c.cost, drop_disagreement=c.disagreement, drop_kl=c.kl)
+            accepted = c.cost <= self.tolerance
+            self._record(step, [u], c, accepted)
             if accepted:
                 ok.append((u, c))
             else:
                 self._reject(u.name, step)
-        ok.sort(key=lambda uc: (uc[1].disagreement + 1e-6) / max(uc[0].flops, 1))
+        ok.sort(key=lambda uc: (max(uc[1].cost, 0.0) + 1e-6) / max(uc[0].flops, 1))
         chosen: list = []
         for u, c in ok:
             if not self._fits(chosen + [u], step):
@@ -315,18 +324,24 @@ class LearnAndDrop(Policy):
                 trial = chosen + [u]
                 (tc,) = drop_cost(net.model, current, [net.candidate_graph([v.name for v in trial], "train")],
                                   self.probe, step)
-                accepted = tc.disagreement <= self.tolerance
-                self.checks.append({"step": step, "units": [v.name for v in trial], "disagreement": tc.disagreement,
-                                    "kl": tc.kl, "accepted": accepted})
+                accepted = tc.cost <= self.tolerance
+                self._record(step, trial, tc, accepted)
                 if not accepted:
                     continue  # alone it was cheap; with the others too much: try it again next boundary
             chosen.append(u)
         return [u.name for u in chosen]
 
+    def _record(self, step: int, units: Sequence, c, accepted: bool) -> None:
+        self.checks.append({"step": step, "units": [u.name for u in units], "cost": c.cost,
+                            "disagreement": c.disagreement, "accuracy_drop": c.accuracy_drop, "kl": c.kl,
+                            "accepted": accepted})
+
     def committed(self, names: list[str]) -> None:
         """Told by the wrapper after it dropped ``names``: let BatchNorm statistics follow the new graph."""
         if self.recalibrate and self.action == "drop" and names and self.net is not None and len(self.probe):
+            t0 = time.perf_counter()
             n = recalibrate_batchnorm(self.net.model, self.net.candidate_graph([], "train"), self.probe)
+            self.check_seconds += time.perf_counter() - t0
             log.info("fxdrop: dropped %s; re-estimated %d BatchNorm layers on %d held batches", names, n, len(self.probe))
 
     def state_dict(self) -> dict:
@@ -335,8 +350,10 @@ class LearnAndDrop(Policy):
         sd["lr"] = (self._lr_sum, self._lr_n)
         sd["flops"] = (self._frac_sum, self._frac_n)
         sd["backoff"] = {k: list(v) for k, v in self.backoff.items()}
-        sd["probe"] = {"held": list(self.probe.held), "next": self.probe._next}
+        sd["probe"] = {"held": list(self.probe.held), "targets": list(self.probe.targets),
+                       "steps": list(self.probe.steps), "next": self.probe._next}
         sd["checks"] = [dict(c) for c in self.checks]
+        sd["check_seconds"] = self.check_seconds
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -348,8 +365,11 @@ class LearnAndDrop(Policy):
         self.backoff = {k: (int(v[0]), int(v[1])) for k, v in sd.get("backoff", {}).items()}
         probe = sd.get("probe") or {}
         self.probe.held = [(tuple(a), dict(k)) for a, k in probe.get("held", [])]
+        self.probe.targets = list(probe.get("targets", [None] * len(self.probe.held)))
+        self.probe.steps = [int(s) for s in probe.get("steps", [0] * len(self.probe.held))]
         self.probe._next = int(probe.get("next", 0))
         self.checks = [dict(c) for c in sd.get("checks", [])]
+        self.check_seconds = float(sd.get("check_seconds", 0.0))
 
 
 def _num(v: object) -> bool:

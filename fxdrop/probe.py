@@ -42,6 +42,8 @@ class Probe:
 
     ``offer(step, args, kwargs)`` is called with every training forward's inputs; every ``stride``-th
     step's inputs are copied in (first ``samples`` rows of every tensor), keeping the last ``batches``.
+    ``offer_targets(step, targets)`` attaches that step's class labels, when the training loop gives
+    them (``net.step(opt, targets=y)``), so checks can measure accuracy instead of bounding it.
     """
 
     def __init__(self, batches: int = 4, samples: int = 64, stride: int = 1):
@@ -49,6 +51,8 @@ class Probe:
             raise ValueError(f"Probe: batches, samples and stride must be >= 1, got {batches}, {samples}, {stride}")
         self.batches, self.samples, self.stride = batches, samples, stride
         self.held: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+        self.targets: list[torch.Tensor | None] = []
+        self.steps: list[int] = []
         self._next = 0
 
     def __len__(self) -> int:
@@ -67,15 +71,26 @@ class Probe:
         item = (tree_map(keep, tuple(args)), tree_map(keep, dict(kwargs)))
         if len(self.held) < self.batches:
             self.held.append(item)
+            self.targets.append(None)
+            self.steps.append(step)
         else:
             self.held[self._next] = item
+            self.targets[self._next] = None
+            self.steps[self._next] = step
         self._next = (self._next + 1) % self.batches
+
+    def offer_targets(self, step: int, targets: Any) -> None:
+        """Attach class labels (a 1-d integer tensor) to the batch held for ``step``, if one is."""
+        if step not in self.steps or not isinstance(targets, torch.Tensor) or targets.dim() != 1:
+            return
+        i = self.steps.index(step)
+        self.targets[i] = targets.detach()[: self.samples].clone()
 
     def __iter__(self) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
         return iter(self.held)
 
     def clear(self) -> None:
-        self.held, self._next = [], 0
+        self.held, self.targets, self.steps, self._next = [], [], [], 0
 
 
 @contextlib.contextmanager
@@ -97,11 +112,25 @@ def preserved_state(model: nn.Module, seed: int = 0) -> Iterator[Callable[[], No
 
 @dataclass
 class DropCost:
-    """How far bypassing some units moves the outputs on the probe (see module docstring)."""
+    """How far bypassing some units moves the outputs on the probe (see module docstring).
+    ``accuracy_drop`` is ``acc(current) - acc(candidate)`` on the held rows when every held batch has
+    labels, else ``nan``; :attr:`cost` is what the policy compares with its tolerance."""
 
     disagreement: float
     kl: float
     samples: int
+    accuracy_drop: float = math.nan
+
+    @property
+    def cost(self) -> float:
+        """The accuracy a drop may cost right now, as an upper bound: with labels, the measured drop
+        plus one standard error of the paired difference (``sqrt((d - a^2) / n)``: rows that changed
+        are the only ones that count, so a drop that changes many predictions is not accepted on a
+        lucky sample), capped by ``d``; without labels, ``d``."""
+        d, a, n = self.disagreement, self.accuracy_drop, self.samples
+        if not math.isfinite(a) or n <= 0:
+            return d
+        return min(d, a + math.sqrt(max(d - a * a, 0.0) / n))
 
 
 def _compare(old: Any, new: Any) -> tuple[float, float, int]:
@@ -131,18 +160,29 @@ def drop_cost(
     """Run ``current`` (the graph training uses now) and each graph in ``candidates`` on the probe's
     batches, in training mode, and return one :class:`DropCost` per candidate. ``model`` is the module
     whose buffers the graphs share (restored afterwards)."""
-    sums = [[0.0, 0.0, 0] for _ in candidates]
+    sums = [[0.0, 0.0, 0, 0.0] for _ in candidates]
+    labelled = len(probe) > 0 and all(t is not None for t in probe.targets)
     with preserved_state(model, seed) as reseed:
-        for args, kwargs in probe:
+        for (args, kwargs), y in zip(probe, probe.targets):
             reseed()
             ref = current(*args, **kwargs)
             for acc, graph in zip(sums, candidates):
                 reseed()
-                d, k, n = _compare(ref, graph(*args, **kwargs))
+                out = graph(*args, **kwargs)
+                d, k, n = _compare(ref, out)
                 acc[0] += d
                 acc[1] += k
                 acc[2] += n
-    return [DropCost(d / n if n else math.nan, k / n if n else math.nan, n) for d, k, n in sums]
+                if labelled:
+                    acc[3] += _correct(ref, y) - _correct(out, y)
+    return [DropCost(d / n if n else math.nan, k / n if n else math.nan, n,
+                     (a / n if n else math.nan) if labelled else math.nan) for d, k, n, a in sums]
+
+
+def _correct(out: Any, y: torch.Tensor) -> float:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != y.shape[0]:
+        return math.nan
+    return float((out.argmax(1) == y.to(out.device)).sum())
 
 
 def recalibrate_batchnorm(model: nn.Module, forward: Callable[..., Any], probe: Probe) -> int:

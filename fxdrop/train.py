@@ -130,7 +130,7 @@ def train_run(
             loss.backward()
             opt.step()
             sched.step()
-            dropped_now = net.step(opt)
+            dropped_now = net.step(opt, targets=yb)
             bar.update(1)
             if cfg.max_steps is not None and net.steps >= cfg.max_steps:
                 break

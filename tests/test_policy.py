@@ -95,7 +95,7 @@ def test_decision_rule_orders_and_caps():
 
 
 def test_decision_rule_warmup_interval_never_and_budget():
-    table = _table([0.1, 0.1, 0.5, 0.9, 1.0])
+    table = _table([0.1, 0.1, 0.6, 0.9, 1.0])
     pol = Scripted(table, interval=5, warmup=10, never=["layer1.0"])
     net, _ = _net(pol)
     assert pol.decide(3) == []  # not a boundary
@@ -104,6 +104,10 @@ def test_decision_rule_warmup_interval_never_and_budget():
     pol = Scripted(table, interval=1, warmup=0, max_drop_fraction=0.0)
     _net(pol)
     assert pol.decide(1) == []  # FLOPs budget
+    # the default rule: plateau <= 0.5 alone, whatever the others do (no relative test)
+    pol = Scripted(_table([0.05, 0.06, 0.5, 0.51, 0.9]), interval=1, warmup=0, max_drop_fraction=1.0)
+    _net(pol)
+    assert sorted(pol.decide(1)) == ["layer1.0", "layer1.1", "layer2.1"]
 
 
 def test_stop_drops_units_that_stopped_whatever_the_others_do():

@@ -42,6 +42,37 @@ def test_drop_cost_disagreement_and_kl_hand_computed():
     assert cost.kl == pytest.approx(2 * (2 * p0 - 1) * 2 / 4, rel=1e-5)
 
 
+def test_drop_cost_measures_accuracy_when_labels_are_held():
+    cur = torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 0.0]])  # predicts 0, 0, 1, 0
+    new = torch.tensor([[0.0, 2.0], [2.0, 0.0], [2.0, 0.0], [2.0, 0.0]])  # predicts 1, 0, 0, 0
+    p = Probe(batches=1, samples=4)
+    p.offer(5, (torch.zeros(4, 1),), {})
+    (unlabelled,) = drop_cost(nn.Linear(1, 1), lambda x: cur, [lambda x: new], p)
+    assert math.isnan(unlabelled.accuracy_drop) and unlabelled.cost == unlabelled.disagreement == 0.5
+    p.offer_targets(4, torch.tensor([0, 0, 1, 0]))  # no batch held for step 4: ignored
+    assert p.targets == [None]
+    p.offer_targets(5, torch.tensor([0, 0, 1, 1]))
+    (c,) = drop_cost(nn.Linear(1, 1), lambda x: cur, [lambda x: new], p)
+    # current right on rows 0, 1, 2 (3 of 4); candidate right on row 1 only: accuracy falls by 2/4;
+    # cost = min(d, a + sqrt((d - a^2) / n)) = min(0.5, 0.5 + sqrt(0.25 / 4)) = 0.5
+    assert c.accuracy_drop == pytest.approx(0.5) and c.cost == pytest.approx(0.5) and c.disagreement == 0.5
+    p.offer_targets(5, torch.tensor([1, 0, 0, 1]))  # now the candidate is better: a negative cost
+    (c,) = drop_cost(nn.Linear(1, 1), lambda x: cur, [lambda x: new], p)
+    assert c.accuracy_drop == pytest.approx(-0.5)
+    assert c.cost == pytest.approx(-0.5 + math.sqrt((0.5 - 0.25) / 4))  # = 0: one standard error up
+
+
+def test_drop_cost_upper_bound_hand_computed():
+    from fxdrop.probe import DropCost
+
+    # 512 rows, 20% changed, accuracy unchanged: SE = sqrt(0.2 / 512) = 0.0198 -> refused at 1%
+    assert DropCost(0.2, 0.0, 512, 0.0).cost == pytest.approx(math.sqrt(0.2 / 512))
+    # 1 of 512 changed, for the worse: min(d, a + sqrt((d - a^2)/n)) = d
+    d = 1 / 512
+    assert DropCost(d, 0.0, 512, d).cost == pytest.approx(d)
+    assert DropCost(0.03, 0.0, 512).cost == 0.03  # no labels: the disagreement itself
+
+
 def test_drop_cost_of_non_logit_outputs_is_relative_change():
     p = Probe(batches=1, samples=4)
     p.offer(1, (torch.zeros(2, 3, 4),), {})

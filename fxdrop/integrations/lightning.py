@@ -67,7 +67,7 @@ class FxdropCallback(pl.Callback):
             return  # gradient accumulation: only after real optimizer steps
         self._logged_step = trainer.global_step
         opt = trainer.optimizers[0] if trainer.optimizers else None
-        net.step(opt)
+        net.step(opt, targets=_class_labels(batch))
         metrics = {"fxdrop/units_dropped": float(len(net.dropped)),
                    "fxdrop/flops_ratio": net.flops("train") / max(net.full_flops("train"), 1)}
         if self.log_scores:
@@ -87,3 +87,15 @@ class FxdropCallback(pl.Callback):
         if state_dict.get("drop_state") is not None:
             self._pending = state_dict["drop_state"]
             self._apply_pending()
+
+
+def _class_labels(batch: Any) -> Any:
+    """The class labels of an ``(inputs, labels, ...)`` batch, for drop checks that measure accuracy;
+    ``None`` when the batch has no 1-d integer second element."""
+    import torch
+
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        y = batch[1]
+        if isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point():
+            return y
+    return None

@@ -1,0 +1,112 @@
+"""The evidence behind docs/results.md: Learn&Drop against what a user would pick instead.
+
+For one model and data set and each seed, in one process (after an untimed warm-up):
+
+* phase 1, interleaved epoch by epoch: the full network, Learn&Drop with its defaults, the same without
+  ``total_steps`` (the policy does not know the run's length) and with the budget knob
+  ``target_speedup=2``;
+* phase 2, interleaved among themselves (they need the finished Learn&Drop run): the full network
+  trained for fewer steps so that it does the forward FLOPs Learn&Drop did (time-matched), random and
+  position drops at Learn&Drop's schedule, the statically thinner network, and the published anchors
+  (progressive layer dropping, stochastic depth, freezing) with ``--anchors``.
+
+Speed-ups are against phase 1's full network, by wall and by process CPU time (phase 2 shares no turn
+with it: its ratios carry the machine's drift between the phases; CPU time is the steadier measure).
+One JSON per seed is written as soon as it is done, so a long sweep can be stopped and resumed::
+
+    python bench/evidence.py --model resnet18 --dataset mnist-small --epochs 3 --seeds 0 1 2
+    python bench/evidence.py --model resnet20 --dataset fashion-small --epochs 5 --seeds 0 1 2
+    python bench/evidence_table.py docs/measurements/evidence     # table and Pareto plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from fxdrop import data as data_mod
+from fxdrop.models import build_model
+from fxdrop.train import TrainConfig, TrainRun, train_interleaved
+
+PHASE1 = {  # label: (kind, LearnAndDrop options)
+    "full": ("none", {}),
+    "learn-and-drop": ("learn-and-drop", {}),
+    "l&d, no total_steps": ("learn-and-drop", {"total_steps": None}),
+    "l&d, target 2x": ("learn-and-drop", {"target_speedup": 2.0}),
+}
+PHASE2 = ("full-matched", "random", "thin")
+ANCHORS = ("position", "pld", "stochastic-depth", "freeze")
+
+
+def _row(label: str, run: TrainRun, phase: int) -> dict:
+    r = run.result().to_dict()
+    for key in ("scores", "step_time", "step_flops"):
+        r.pop(key, None)
+    r["label"], r["phase"] = label, phase
+    pol = run.policy
+    r["check_s"] = getattr(pol, "check_seconds", 0.0)
+    r["checks"] = getattr(pol, "checks", [])
+    return r
+
+
+def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
+    data = data_mod.load(args.dataset).limit(args.train_limit, None)
+    factory = lambda: build_model(args.model, data.num_classes)  # noqa: E731
+    cfg = TrainConfig(epochs=args.epochs, seed=seed, warmup_epochs=0.0, progress=False)
+    warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=20), "none")
+    train_interleaved([warm])  # untimed: one-off start-up costs land here
+    del warm
+    runs = {label: TrainRun(factory, data, dataclasses.replace(cfg, ld_options=opts), kind, label=label)
+            for label, (kind, opts) in PHASE1.items()}
+    t0 = time.time()
+    train_interleaved(list(runs.values()), progress=args.progress)
+    rows = [_row(label, run, 1) for label, run in runs.items()]
+    ld_run = runs["learn-and-drop"]
+    ld = ld_run.result()
+    budget = max(1, round(ld.steps * ld.flops_ratio))
+    kinds = list(PHASE2) + (list(ANCHORS) if args.anchors or seed == args.seeds[0] else [])
+    deps = {k: TrainRun(factory, data, cfg, k, reference=ld_run.policy,
+                        total_steps=budget if k == "full-matched" else None) for k in kinds}
+    train_interleaved(list(deps.values()), progress=args.progress)
+    rows += [_row(k, run, 2) for k, run in deps.items()]
+    doc = {"model": args.model, "dataset": args.dataset, "source": data.source, "epochs": args.epochs,
+           "seed": seed, "train_images": len(data.train_y), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "cores": os.cpu_count(), "elapsed_s": time.time() - t0,
+           "command": "python bench/evidence.py " + " ".join(args.argv), "runs": rows}
+    path = out / f"{args.model}_{args.dataset}_s{seed}.json"
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {path}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--dataset", default="mnist-small")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--anchors", action="store_true", help="published anchors on every seed (default: the first)")
+    p.add_argument("--out", default="docs/measurements/evidence")
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        if (out / f"{args.model}_{args.dataset}_s{seed}.json").exists():
+            continue
+        run_seed(args, seed, out)
+
+
+if __name__ == "__main__":
+    main()

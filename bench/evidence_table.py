@@ -1,0 +1,102 @@
+"""Aggregate bench/evidence.py's JSON: a markdown table (mean ± std over seeds, paired with each seed's
+full network) and a Pareto plot of test accuracy against training time relative to the full network.
+
+    python bench/evidence_table.py docs/measurements/evidence [--plot docs/pareto.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+
+def _ms(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def collect(folder: Path) -> dict:
+    """{(model, dataset, epochs): {label: [row with paired figures, one per seed]}}"""
+    out: dict = defaultdict(lambda: defaultdict(list))
+    for path in sorted(folder.glob("*.json")):
+        doc = json.loads(path.read_text())
+        base = next(r for r in doc["runs"] if r["label"] == "full")
+        for r in doc["runs"]:
+            first = r["events"][0][0] if r["events"] else None
+            out[(doc["model"], doc["dataset"], doc["epochs"])][r["label"]].append({
+                "seed": doc["seed"], "phase": r["phase"],
+                "wall": base["wall_s"] / r["wall_s"], "cpu": base["cpu_s"] / r["cpu_s"],
+                "flops": (base["steps"] * base["flops_ratio"]) / (r["steps"] * r["flops_ratio"]),
+                "rel_time": r["cpu_s"] / base["cpu_s"],
+                "acc": 100 * r["test_acc"], "dacc": 100 * (r["test_acc"] - base["test_acc"]),
+                "dropped": len(r["dropped"]), "units": r["units"],
+                "first": first / r["steps"] if first else None,
+                "check": 100 * r.get("check_s", 0.0) / r["wall_s"] if r["wall_s"] else 0.0,
+            })
+    return out
+
+
+def table(data: dict) -> str:
+    lines = []
+    for (model, dataset, epochs), arms in data.items():
+        lines.append(f"\n**{model} / {dataset}, {epochs} epochs**\n")
+        lines.append("| arm | seeds | speed-up (CPU) | speed-up (wall) | FLOPs predict | test acc % | Δ acc pt (paired) "
+                     "| units dropped | first drop (share of run) | checks % of time |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        for label, rows in arms.items():
+            firsts = [r["first"] for r in rows if r["first"] is not None]
+            lines.append(
+                f"| {label}{' ²' if rows[0]['phase'] == 2 else ''} | {len(rows)} | {_ms([r['cpu'] for r in rows], '.2f')}x "
+                f"| {_ms([r['wall'] for r in rows], '.2f')}x | {_ms([r['flops'] for r in rows], '.2f')}x "
+                f"| {_ms([r['acc'] for r in rows], '.2f')} | {_ms([r['dacc'] for r in rows], '+.2f')} "
+                f"| {_ms([float(r['dropped']) for r in rows], '.1f')} of {rows[0]['units']} "
+                f"| {_ms(firsts, '.2f') if firsts else '-'} | {_ms([r['check'] for r in rows], '.1f')} |")
+    return "\n".join(lines)
+
+
+def plot(data: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(data)
+    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 5.2), squeeze=False)
+    markers = "osD^v<>pP*Xh"
+    for ax, ((model, dataset, epochs), arms) in zip(axes[0], data.items()):
+        for i, (label, rows) in enumerate(arms.items()):
+            xs, ys = [r["rel_time"] for r in rows], [r["acc"] for r in rows]
+            mx, my = statistics.mean(xs), statistics.mean(ys)
+            ex = statistics.stdev(xs) if len(xs) > 1 else 0
+            ey = statistics.stdev(ys) if len(ys) > 1 else 0
+            ax.errorbar(mx, my, xerr=ex, yerr=ey, fmt=markers[i % len(markers)], capsize=3, markersize=8,
+                        label=f"{label} (n={len(rows)})")
+        ax.set_xlabel("training CPU time / full network's (lower is faster)", fontsize=10)
+        ax.set_ylabel("test accuracy %", fontsize=10)
+        ax.set_title(f"{model} on {dataset}, {epochs} epochs", fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Accuracy against training time (mean ± std over seeds; up and left is better)", fontsize=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("folder", nargs="?", default="docs/measurements/evidence")
+    p.add_argument("--plot", default=None)
+    args = p.parse_args()
+    data = collect(Path(args.folder))
+    print(table(data))
+    if args.plot:
+        plot(data, args.plot)
+
+
+if __name__ == "__main__":
+    main()

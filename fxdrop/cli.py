@@ -283,10 +283,8 @@ def _plot(results: list[RunResult], path: str, title: str) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, r in enumerate(results):
         c = colors[i % len(colors)]
-        ax1.plot(r.epoch_time, [100 * a for a in r.epoch_acc], "o-", color=c, label=r.policy)
-        for t, st, a in zip(r.epoch_time, r.epoch_step, r.epoch_acc):
-            ax1.annotate(f"step {st}", (t, 100 * a), textcoords="offset points", xytext=(0, -14 - 10 * (i % 2)),
-                         ha="center", fontsize=9, color=c)
+        ax1.plot(r.epoch_time, [100 * a for a in r.epoch_acc], "o-", color=c,
+                 label=f"{r.policy} ({r.steps} steps)")
         ax2.step([0.0] + r.step_time, [100 * r.step_flops[0]] + [100 * f for f in r.step_flops] if r.step_flops
                  else [100.0], where="pre", color=c, label=r.policy)
         for (st, names), t in zip(r.events, r.event_times):
@@ -294,7 +292,7 @@ def _plot(results: list[RunResult], path: str, title: str) -> None:
                 ax.axvline(t, color=c, ls="--", lw=1, alpha=0.7)
             ax2.annotate(f"step {st}: {', '.join(names)}", (t, 100 * r.step_flops[min(st, len(r.step_flops)) - 1]),
                          textcoords="offset points", xytext=(4, -14), fontsize=9, color=c, rotation=0)
-    ax1.set_ylabel("test accuracy (%)")
+    ax1.set_ylabel("test accuracy (%)\nat each epoch end")
     ax1.legend(loc="lower right", fontsize=9)
     ax1.grid(alpha=0.3)
     ax2.set_ylabel("forward FLOPs per step\n(% of full network)")
@@ -349,7 +347,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"has {spe * cfg.epochs} steps ({cfg.epochs} epochs of {spe}): nothing will be dropped; raise "
               "--epochs or lower --warmup-epochs", file=sys.stderr)
     try:  # untimed warm-up; also checks that the model traces and runs on this input size
-        warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=min(WARMUP_STEPS, spe), step_hook=None),
+        warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=WARMUP_STEPS, step_hook=None),
                         "none")
         train_interleaved([warm])
     except UsageError:
@@ -365,7 +363,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if any(k in DEPENDENT for k in kinds) and "learn-and-drop" not in phase1:
         phase1.insert(1, "learn-and-drop")
     runs = {k: TrainRun(factory, data, cfg, k, label="full" if k == "none" else k) for k in phase1}
-    train_interleaved(list(runs.values()), progress=cfg.progress)
+    train_interleaved(list(runs.values()), chunk_steps=args.interleave_steps, progress=cfg.progress)
     results = {k: r.result() for k, r in runs.items()}
     if any(k in DEPENDENT for k in kinds):
         ld = results["learn-and-drop"]
@@ -373,7 +371,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         budget = max(1, round(ld.steps * ld.flops_ratio))
         deps = {k: TrainRun(factory, data, cfg, k, reference=ref, total_steps=budget if k == "full-matched" else None)
                 for k in kinds if k in DEPENDENT}
-        train_interleaved(list(deps.values()), progress=cfg.progress)
+        train_interleaved(list(deps.values()), chunk_steps=args.interleave_steps, progress=cfg.progress)
         results.update({k: r.result() for k, r in deps.items()})
     ordered = [results["none"]] + [results[k] for k in dict.fromkeys(phase1[1:] + kinds)]
     header = (f"{args.model} on {args.dataset} ({data.source}), {args.epochs} epochs, seed {args.seed}, "
@@ -398,7 +396,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             Path(args.json).write_text(text + "\n")
     if args.json != "-":
         print(header)
-        print(f"arms trained interleaved (one epoch of each in turn) after an untimed {WARMUP_STEPS}-step warm-up; "
+        turn = f"{args.interleave_steps} steps" if args.interleave_steps else "one epoch"
+        print(f"arms trained interleaved ({turn} of each in turn) after an untimed {WARMUP_STEPS}-step warm-up; "
               "speed-up = full's time / the arm's; '!' = wall and CPU disagree")
         print(_table(ordered))
     for line in notes:
@@ -409,7 +408,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         measured = (f"wall {s['wall']:.2f}x vs CPU {s['cpu']:.2f}x (disagree)" if disagrees(s)
                     else f"{s['cpu']:.2f}x by CPU time ({s['wall']:.2f}x wall)")
         title = (f"{args.model} on {args.dataset} ({len(data.train_y)} train images), {args.epochs} epochs, "
-                 f"seed {args.seed}: {ld.policy} measured {measured}, FLOPs predict {s['flops']:.2f}x")
+                 f"seed {args.seed}\n{ld.policy}: measured {measured}; forward FLOPs predict {s['flops']:.2f}x")
         _plot(ordered, args.plot, title)
     return 0
 
@@ -460,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--policy", nargs="+", default=["learn-and-drop"], choices=[k for k in POLICIES if k != "none"],
                    help="arms to compare with the full network (always trained); full-matched = the full "
                    "network trained for as many steps as Learn&Drop's forward FLOPs buy")
+    r.add_argument("--interleave-steps", type=_int_at_least(1), default=None, metavar="N",
+                   help="train the arms in turns of N steps (finer turns share out outside load more evenly); "
+                   "default: one epoch")
     r.add_argument("--ld", nargs="*", default=[], metavar="KEY=VALUE",
                    help="LearnAndDrop knobs (docs/method.md), e.g. --ld stop=0.1 threshold=0.5")
     r.add_argument("--train-limit", type=_int_at_least(1), default=None,

@@ -203,9 +203,21 @@ class TrainRun:
 
     def advance(self, n: int | None = None) -> int:
         """Train ``n`` more steps (default: to the end of the current epoch), stopping at the run's end;
-        evaluate at every epoch end and at the end of the run. Returns the number of steps taken."""
-        if self.done:
-            return 0
+        evaluate (untimed) at every epoch end and at the end of the run. Returns the number of steps taken."""
+        taken = 0
+        while not self.done and (n is None or taken < n):
+            k, epoch_end = self._train(None if n is None else n - taken)
+            taken += k
+            if (epoch_end or self.done) and (not self.epoch_step or self.epoch_step[-1] != self.net.steps):
+                self.epoch_acc.append(_evaluate(self.net, self.data, self.cfg))
+                self.epoch_time.append(self.wall_s)
+                self.epoch_step.append(self.net.steps)
+            if n is None:
+                break
+        return taken
+
+    def _train(self, n: int | None) -> tuple[int, bool]:
+        """Up to ``n`` steps, stopping at the end of the epoch; the timed part. Returns (steps, epoch ended)."""
         net, data, cfg = self.net, self.data, self.cfg
         outer = torch.get_rng_state()
         torch.set_rng_state(self._rng)
@@ -215,11 +227,7 @@ class TrainRun:
             while not self.done and (n is None or taken < n):
                 if self._batches is None:
                     self._batches = data.batches("train", cfg.batch_size, self._gen)
-                batch = next(self._batches, None)
-                if batch is None:  # cannot happen mid-chunk unless the epoch ended exactly here
-                    self._batches = None
-                    continue
-                xb, yb = batch
+                xb, yb = next(self._batches)
                 x = data.prepare(xb, 3, cfg.input_size)
                 self.step_flops.append((net.flops("train") if net.units else self._full) / self._full)
                 loss = F.cross_entropy(net(x), yb)
@@ -238,19 +246,13 @@ class TrainRun:
                 taken += 1
                 if net.steps % self.steps_per_epoch == 0:  # the epoch's last batch
                     self._batches, epoch_end = None, True
-                    if n is None:
-                        break
+                    break
         finally:
             self.wall_s += time.perf_counter() - t0
             self.cpu_s += time.process_time() - c0
             self._rng = torch.get_rng_state()
             torch.set_rng_state(outer)
-        if epoch_end or self.done:
-            if not self.epoch_step or self.epoch_step[-1] != net.steps:
-                self.epoch_acc.append(_evaluate(net, data, cfg))
-                self.epoch_time.append(self.wall_s)
-                self.epoch_step.append(net.steps)
-        return taken
+        return taken, epoch_end
 
     def result(self) -> RunResult:
         """What happened so far (call when :attr:`done`)."""

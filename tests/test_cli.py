@@ -66,9 +66,9 @@ def test_cli_units_and_errors(capsys):
     assert "unknown model" in capsys.readouterr().err
 
 
-def test_cli_user_factory_and_ld_knobs(capsys):
+def test_cli_user_factory_and_ld_knobs(capsys, one_thread):
     rc = main(["run", "--model", "tests.models:tiny_resnet", "--epochs", "2", "--train-limit", "1024",
-               "--test-limit", "256", "--json", "--no-progress", "--ld", "stop=0.5", "interval=4"])
+               "--test-limit", "256", "--json", "--no-progress", "--ld", "stop=0.5", "interval=4", "--threads", "1"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["config"]["ld_options"] == {"stop": 0.5, "interval": 4}
@@ -94,7 +94,7 @@ from tests.models import tiny_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["run", "--model", "tests.models:tiny_resnet", "--train-limit", "512", "--test-limit", "256", "--epochs", "2",
-        "--batch-size", "64", "--no-progress", "--ld", "stop=1", "interval=2", "--warmup-epochs", "0.5"]
+        "--batch-size", "64", "--no-progress", "--ld", "stop=1", "interval=2", "--warmup-epochs", "0.5", "--threads", "1"]
 
 
 @pytest.fixture
@@ -104,9 +104,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_interleaved_runs_equal_separate_runs():
+def test_interleaved_runs_equal_separate_runs(one_thread):
     """Each arm keeps its own RNG state (stochastic depth draws from torch's global RNG) and data order,
     so interleaving chunks of arms, even chunks that end mid-epoch, changes no weight and no result."""
+    torch.set_num_threads(1)  # tiny ops: a second thread only spins when other processes load the machine
     d = data.load("mnist-small").limit(384, 128)
     cfg = TrainConfig(epochs=2, batch_size=64, progress=False, interval=2, warmup_epochs=0.5,
                       ld_options={"stop": 1.0})
@@ -130,7 +131,7 @@ def test_interleaved_runs_equal_separate_runs():
     assert r.test_acc == alone["learn-and-drop"].result().test_acc and r.events == alone["learn-and-drop"].result().events
 
 
-def test_cli_run_tiny_end_to_end(capsys, tmp_path):
+def test_cli_run_tiny_end_to_end(capsys, tmp_path, one_thread):
     rc = main(TINY + ["--policy", "learn-and-drop", "random", "full-matched", "--json", str(tmp_path / "r.json"),
                       "--plot", str(tmp_path / "t.png")])
     assert rc == 0
@@ -152,7 +153,7 @@ def test_cli_run_tiny_end_to_end(capsys, tmp_path):
 def test_slowed_arm_cannot_move_cpu_speedup(capsys, monkeypatch, one_thread):
     """Load from outside is played by a sleep after every step of the full arm: the wall-time speed-up
     jumps, the CPU-time one stays within the noise, and the output says the two disagree."""
-    argv = TINY + ["--train-limit", "1024", "--threads", "1", "--interleave-steps", "4", "--json"]
+    argv = TINY + ["--train-limit", "1024", "--interleave-steps", "4", "--json"]
 
     def speedup() -> tuple[dict, str]:
         assert main(argv) == 0
@@ -168,9 +169,9 @@ def test_slowed_arm_cannot_move_cpu_speedup(capsys, monkeypatch, one_thread):
     assert re.search(r"warning: learn-and-drop: wall-time speed-up .* and CPU-time speed-up .* differ by more than 11%", err)
 
 
-def test_schedule_without_a_drop_step_warns(capsys):
+def test_schedule_without_a_drop_step_warns(capsys, one_thread):
     assert main(["run", "--model", "tests.models:tiny_resnet", "--epochs", "1", "--train-limit", "256",
-                 "--test-limit", "64", "--no-progress"]) == 0
+                 "--test-limit", "64", "--no-progress", "--threads", "1"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"warning: Learn&Drop can first drop at step \d+ .* the run has 2 steps .* "
                      r"raise --epochs or lower --warmup-epochs", err)
@@ -234,24 +235,50 @@ def _run_cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-def test_bad_inputs_are_one_line_exit_2_and_write_nothing(tmp_path):
-    """The real command, in subprocesses (run four at a time: each pays torch's import)."""
+def _cases(tmp_path: Path, which: list[int]) -> list[tuple[list[str], str, Path]]:
     cases = []
-    for i, (argv, pattern) in enumerate(BAD):
+    for i in which:
+        argv, pattern = BAD[i]
         cwd = tmp_path / f"case{i}"
         cwd.mkdir()
         if argv[0] == "run" and "--plot" not in argv:  # a valid output path that must stay unwritten
             argv = argv + ["--plot", "timeline.png", "--no-progress"]
         cases.append((argv, pattern, cwd))
-    with ThreadPoolExecutor(4) as pool:
+    return cases
+
+
+def _check(argv: list[str], pattern: str, cwd: Path, code: int, out: str, err: str) -> None:
+    what = f"fxdrop {' '.join(argv)}"
+    assert code == 2, f"{what}: exit {code}\n{err}"
+    assert "Traceback" not in err, f"{what}:\n{err}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"{what}: expected one line, got\n{err}"
+    assert re.search(pattern, lines[0]), f"{what}: {lines[0]!r} does not match {pattern!r}"
+    assert lines[0].startswith(f"fxdrop {argv[0]}: error: "), lines[0]
+    assert not out, f"{what} printed {out!r}"
+    assert not any(cwd.iterdir()), f"{what} wrote {list(cwd.iterdir())}"
+
+
+# the real command costs a torch import (~3 s of CPU) per case: 15 cases in subprocesses, all in-process
+SUBPROCESS_CASES = [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 15, 16, 22]
+
+
+def test_bad_inputs_real_command_one_line_exit_2_nothing_written(tmp_path):
+    cases = _cases(tmp_path, SUBPROCESS_CASES)
+    with ThreadPoolExecutor(2) as pool:
         procs = list(pool.map(lambda c: _run_cli(c[0], c[2]), cases))
     for (argv, pattern, cwd), proc in zip(cases, procs):
-        what = f"fxdrop {' '.join(argv)}"
-        assert proc.returncode == 2, f"{what}: exit {proc.returncode}\n{proc.stderr}"
-        assert "Traceback" not in proc.stderr, f"{what}:\n{proc.stderr}"
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1, f"{what}: expected one line, got\n{proc.stderr}"
-        assert re.search(pattern, lines[0]), f"{what}: {lines[0]!r} does not match {pattern!r}"
-        assert lines[0].startswith(f"fxdrop {argv[0]}: error: "), lines[0]
-        assert not proc.stdout, f"{what} printed {proc.stdout!r}"
-        assert not any(cwd.iterdir()), f"{what} wrote {list(cwd.iterdir())}"
+        _check(argv, pattern, cwd, proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("i", range(len(BAD)), ids=[" ".join(a) for a, _ in BAD])
+def test_bad_inputs_in_process(i, tmp_path, capsys, monkeypatch):
+    ((argv, pattern, cwd),) = _cases(tmp_path, [i])
+    monkeypatch.chdir(cwd)
+    monkeypatch.syspath_prepend(str(ROOT))
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    cap = capsys.readouterr()
+    _check(argv, pattern, cwd, code, cap.out, cap.err)

@@ -56,8 +56,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; an option whose help already says what ``None`` means keeps that."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None and "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
 
 
 def _int_at_least(lo: int) -> Callable[[str], int]:

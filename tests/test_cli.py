@@ -224,6 +224,8 @@ BAD = [  # (argv, regex the one stderr line must match)
     (["run", "--warmup-epochs", "-1"], r"--warmup-epochs: must be a finite number >= 0, got -1"),
     (["run", "--input-size", "16"], r"--input-size 16 is smaller than the mnist-small images \(28x28\); use "
                                      r"--input-size 28"),
+    (["run", "--dataset", "cifar10"], r"--dataset cifar10: CIFAR-10 is read from a local directory: pass --data-dir"),
+    (["run", "--model", "tests.models"], r"unknown model 'tests.models'.*package.module:factory"),
     (["units", "--model", "resnet5"], r"fxdrop units: error: unknown model 'resnet5': did you mean resnet50"),
     (["units", "--model", "vgg11", "--input-size", "8"], r"fxdrop units: error: --model vgg11 cannot run on 8x8 "
                                                           r"inputs .*larger --input-size"),
@@ -261,7 +263,7 @@ def _check(argv: list[str], pattern: str, cwd: Path, code: int, out: str, err: s
 
 
 # the real command costs a torch import (~3 s of CPU) per case: 15 cases in subprocesses, all in-process
-SUBPROCESS_CASES = [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 15, 16, 22]
+SUBPROCESS_CASES = [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 15, 16, 24]
 
 
 def test_bad_inputs_real_command_one_line_exit_2_nothing_written(tmp_path):

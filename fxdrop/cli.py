@@ -281,7 +281,6 @@ def _plot(results: list[RunResult], path: str, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     plt.rcParams.update({"font.size": 10})
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [1, 1.2]})
@@ -306,15 +305,6 @@ def _plot(results: list[RunResult], path: str, title: str) -> None:
     ax2.set_ylim(max(0, 100 * lo - 15), 105)
     ax2.grid(alpha=0.3)
     ax2.legend(loc="lower left", fontsize=9)
-    ref = next((r for r in results if r.events), None)
-    if ref is not None and ref.step_time:  # a step axis for the arm that drops: integer ticks
-        import numpy as np
-
-        t = np.array([0.0] + ref.step_time)
-        s = np.arange(len(t), dtype=float)
-        top = ax1.secondary_xaxis("top", functions=(lambda x: np.interp(x, t, s), lambda y: np.interp(y, s, t)))
-        top.xaxis.set_major_locator(MaxNLocator(integer=True))
-        top.set_xlabel(f"{ref.policy} optimizer step", fontsize=9)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

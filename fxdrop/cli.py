@@ -95,7 +95,9 @@ def _float_in(lo: float, strict: bool) -> Callable[[str], float]:
 
 def _did_you_mean(name: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
-    return f"did you mean {' or '.join(close)}?" if close else ""
+    if not close:
+        return ""
+    return f"did you mean {close[0]}?" + (f" (also close: {', '.join(close[1:])})" if close[1:] else "")
 
 
 # --- validation of values argparse cannot check ------------------------------------------------------
@@ -394,6 +396,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         turn = f"{args.interleave_steps} steps" if args.interleave_steps else "one epoch"
         print(f"arms trained interleaved ({turn} of each in turn) after an untimed {WARMUP_STEPS}-step warm-up; "
               "speed-up = full's time / the arm's; '!' = wall and CPU disagree")
+        deps = [k for k in kinds if k in DEPENDENT]
+        if deps:
+            print(f"{', '.join(deps)} need a finished Learn&Drop run: interleaved among themselves after it, so "
+                  "their wall time shares no turn with full's")
         print(_table(ordered))
     for line in notes:
         print(line, file=sys.stderr)

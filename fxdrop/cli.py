@@ -359,7 +359,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     phase1 = ["none"] + [k for k in kinds if k not in DEPENDENT]
     if any(k in DEPENDENT for k in kinds) and "learn-and-drop" not in phase1:
         phase1.insert(1, "learn-and-drop")
-    runs = {k: TrainRun(factory, data, cfg, k, label="full" if k == "none" else k) for k in phase1}
+    try:
+        runs = {k: TrainRun(factory, data, cfg, k, label="full" if k == "none" else k) for k in phase1}
+    except ValueError as e:  # e.g. --ld never= naming a unit the model does not have
+        raise UsageError(f"{e}; `fxdrop units --model {args.model}` lists the units") from None
     train_interleaved(list(runs.values()), chunk_steps=args.interleave_steps, progress=cfg.progress)
     results = {k: r.result() for k, r in runs.items()}
     if any(k in DEPENDENT for k in kinds):

@@ -224,6 +224,9 @@ BAD = [  # (argv, regex the one stderr line must match)
     (["run", "--warmup-epochs", "-1"], r"--warmup-epochs: must be a finite number >= 0, got -1"),
     (["run", "--input-size", "16"], r"--input-size 16 is smaller than the mnist-small images \(28x28\); use "
                                      r"--input-size 28"),
+    (["run", "--model", "tests.models:tiny_resnet", "--train-limit", "64", "--epochs", "5",
+      "--warmup-epochs", "0", "--ld", "never=layer9"],
+     r"never= names unknown units \['layer9'\]; `fxdrop units --model tests.models:tiny_resnet` lists"),
     (["run", "--dataset", "cifar10"], r"--dataset cifar10: CIFAR-10 is read from a local directory: pass --data-dir"),
     (["run", "--model", "tests.models"], r"unknown model 'tests.models'.*package.module:factory"),
     (["units", "--model", "resnet5"], r"fxdrop units: error: unknown model 'resnet5': did you mean resnet50"),
@@ -263,7 +266,8 @@ def _check(argv: list[str], pattern: str, cwd: Path, code: int, out: str, err: s
 
 
 # the real command costs a torch import (~3 s of CPU) per case: 15 cases in subprocesses, all in-process
-SUBPROCESS_CASES = [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 15, 16, 24]
+SUBPROCESS_CASES = [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 15, 16] + [
+    i for i, (argv, _) in enumerate(BAD) if argv[:3] == ["units", "--model", "resnet5"]]
 
 
 def test_bad_inputs_real_command_one_line_exit_2_nothing_written(tmp_path):

@@ -344,7 +344,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"has {spe * cfg.epochs} steps ({cfg.epochs} epochs of {spe}): nothing will be dropped; raise "
               "--epochs or lower --warmup-epochs", file=sys.stderr)
     try:  # untimed warm-up; also checks that the model traces and runs on this input size
-        warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=WARMUP_STEPS, step_hook=None),
+        warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=WARMUP_STEPS, step_hook=None, evaluate=False),
                         "none")
         train_interleaved([warm])
     except UsageError:
@@ -399,9 +399,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         turn = f"{args.interleave_steps} steps" if args.interleave_steps else "one epoch"
         print(f"arms trained interleaved ({turn} of each in turn) after an untimed {WARMUP_STEPS}-step warm-up; "
               "speed-up = full's time / the arm's; '!' = wall and CPU disagree")
-        deps = [k for k in kinds if k in DEPENDENT]
-        if deps:
-            print(f"{', '.join(deps)} need a finished Learn&Drop run: interleaved among themselves after it, so "
+        later = [k for k in kinds if k in DEPENDENT]
+        if later:
+            print(f"{', '.join(later)} need a finished Learn&Drop run: interleaved among themselves after it, so "
                   "their wall time shares no turn with full's")
         print(_table(ordered))
     for line in notes:

@@ -54,6 +54,7 @@ class TrainConfig:
     ld_options: dict = field(default_factory=dict)  # extra LearnAndDrop keyword arguments
     max_steps: int | None = None  # stop early (the CLI's untimed warm-up run)
     progress: bool = True
+    evaluate: bool = True  # test accuracy at every epoch end (False: only when asked for a result)
     # test hook: called as ``step_hook(policy, step)`` after every training step, inside the timed region
     # (tests inject a sleep into one arm to play "load from another process")
     step_hook: Callable[[str, int], None] | None = field(default=None, repr=False, compare=False)
@@ -204,11 +205,11 @@ class TrainRun:
     def advance(self, n: int | None = None) -> int:
         """Train ``n`` more steps (default: to the end of the current epoch), stopping at the run's end;
         evaluate (untimed) at every epoch end and at the end of the run. Returns the number of steps taken."""
-        taken = 0
+        taken, cfg_eval = 0, self.cfg.evaluate
         while not self.done and (n is None or taken < n):
             k, epoch_end = self._train(None if n is None else n - taken)
             taken += k
-            if (epoch_end or self.done) and (not self.epoch_step or self.epoch_step[-1] != self.net.steps):
+            if cfg_eval and (epoch_end or self.done) and (not self.epoch_step or self.epoch_step[-1] != self.net.steps):
                 self.epoch_acc.append(_evaluate(self.net, self.data, self.cfg))
                 self.epoch_time.append(self.wall_s)
                 self.epoch_step.append(self.net.steps)

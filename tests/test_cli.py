@@ -224,7 +224,7 @@ BAD = [  # (argv, regex the one stderr line must match)
     (["run", "--warmup-epochs", "-1"], r"--warmup-epochs: must be a finite number >= 0, got -1"),
     (["run", "--input-size", "16"], r"--input-size 16 is smaller than the mnist-small images \(28x28\); use "
                                      r"--input-size 28"),
-    (["run", "--model", "tests.models:tiny_resnet", "--train-limit", "64", "--epochs", "5",
+    (["run", "--model", "tests.models:tiny_resnet", "--train-limit", "64", "--test-limit", "64", "--epochs", "5", "--threads", "1",
       "--warmup-epochs", "0", "--ld", "never=layer9"],
      r"never= names unknown units \['layer9'\]; `fxdrop units --model tests.models:tiny_resnet` lists"),
     (["run", "--dataset", "cifar10"], r"--dataset cifar10: CIFAR-10 is read from a local directory: pass --data-dir"),
@@ -279,7 +279,7 @@ def test_bad_inputs_real_command_one_line_exit_2_nothing_written(tmp_path):
 
 
 @pytest.mark.parametrize("i", range(len(BAD)), ids=[" ".join(a) for a, _ in BAD])
-def test_bad_inputs_in_process(i, tmp_path, capsys, monkeypatch):
+def test_bad_inputs_in_process(i, tmp_path, capsys, monkeypatch, one_thread):
     ((argv, pattern, cwd),) = _cases(tmp_path, [i])
     monkeypatch.chdir(cwd)
     monkeypatch.syspath_prepend(str(ROOT))

@@ -8,7 +8,8 @@ For one model and data set and each seed, in one process (after an untimed warm-
 * phase 2, interleaved among themselves (they need the finished Learn&Drop run): the full network
   trained for fewer steps so that it does the forward FLOPs Learn&Drop did (time-matched), random and
   position drops at Learn&Drop's schedule, the statically thinner network, and the published anchors
-  (progressive layer dropping, stochastic depth, freezing) with ``--anchors``.
+  (progressive layer dropping, stochastic depth, freezing) and two ablations of Learn&Drop (no check;
+  no BatchNorm re-estimation without ``total_steps``) on the first seed, or every seed with ``--anchors``.
 
 Speed-ups are against phase 1's full network, by wall and by process CPU time (phase 2 shares no turn
 with it: its ratios carry the machine's drift between the phases; CPU time is the steadier measure).
@@ -42,6 +43,10 @@ PHASE1 = {  # label: (kind, LearnAndDrop options)
 }
 PHASE2 = ("full-matched", "random", "thin")
 ANCHORS = ("position", "pld", "stochastic-depth", "freeze")
+ABLATIONS = {  # what the check and the BatchNorm re-estimation are worth (first seed only by default)
+    "l&d, unchecked": ("learn-and-drop", {"check": False}),
+    "l&d, no total_steps, no BN re-estimation": ("learn-and-drop", {"total_steps": None, "recalibrate": False}),
+}
 
 
 def _row(label: str, run: TrainRun, phase: int) -> dict:
@@ -70,9 +75,13 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     ld_run = runs["learn-and-drop"]
     ld = ld_run.result()
     budget = max(1, round(ld.steps * ld.flops_ratio))
-    kinds = list(PHASE2) + (list(ANCHORS) if args.anchors or seed == args.seeds[0] else [])
+    extra = args.anchors or seed == args.seeds[0]
+    kinds = list(PHASE2) + (list(ANCHORS) if extra else [])
     deps = {k: TrainRun(factory, data, cfg, k, reference=ld_run.policy,
                         total_steps=budget if k == "full-matched" else None) for k in kinds}
+    if extra:
+        deps.update({label: TrainRun(factory, data, dataclasses.replace(cfg, ld_options=opts), kind, label=label)
+                     for label, (kind, opts) in ABLATIONS.items()})
     train_interleaved(list(deps.values()), progress=args.progress)
     rows += [_row(k, run, 2) for k, run in deps.items()]
     doc = {"model": args.model, "dataset": args.dataset, "source": data.source, "epochs": args.epochs,

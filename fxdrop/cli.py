@@ -1,21 +1,255 @@
 """``fxdrop`` command line: ``fxdrop run`` trains the same initialisation with and without dropping and
-prints the comparison; ``fxdrop units`` prints a model's unit table."""
+prints the comparison; ``fxdrop units`` prints a model's unit table.
+
+Every mistake in the command line ends in one line on stderr that names the bad value and the way out,
+and exit status 2 (no traceback)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import importlib
+import inspect
 import json
+import logging
+import math
+import os
+import re
 import sys
-from typing import Sequence
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import torch
 
+from . import __version__
 from . import data as data_mod
+from .errors import FxdropError
 from .policy import LearnAndDrop
-from .train import POLICIES, REPLAYS, RunResult, TrainConfig, build_model, train_run
+from .train import (DEPENDENT, POLICIES, REPLAYS, RunResult, TrainConfig, TrainRun, build_model, first_drop_step,
+                    train_interleaved)
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "UsageError", "TIMING_NOISE"]
+
+log = logging.getLogger(__name__)
+
+# Two speed-ups of the same arm (by wall time and by CPU time) that differ by more than this fraction
+# are reported as disagreeing. 11% is the largest spread seen on the 2-core reference machine between
+# repeated runs that drop nothing (docs/results.md): a smaller gap is within what repeats already show,
+# a larger one means something other than the arm's own work (another process, threads waiting) went
+# into one of the two measures.
+TIMING_NOISE = 0.11
+WARMUP_STEPS = 20  # untimed steps before the timed arms: allocator and kernel start-up costs
+SLOW_ARM_ENV = "FXDROP_TEST_SLOW_ARM"  # test hook: "POLICY:SECONDS" sleeps that long after each step of POLICY
+LD_ARMS = ("learn-and-drop", "freeze") + REPLAYS  # arms whose drops follow Learn&Drop's schedule
+
+
+class UsageError(Exception):
+    """A bad command-line value; the message names it and the way out."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (not usage + message) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default; an option whose help already says what ``None`` means keeps that."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None and "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+
+    parse.__name__ = f"int>={lo}"
+    return parse
+
+
+def _float_in(lo: float, strict: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < lo or (strict and value == lo):
+            raise argparse.ArgumentTypeError(f"must be a finite number {'>' if strict else '>='} {lo:g}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def _did_you_mean(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return f"did you mean {close[0]}?" + (f" (also close: {', '.join(close[1:])})" if close[1:] else "")
+
+
+# --- validation of values argparse cannot check ------------------------------------------------------
+
+
+def _model_factory(name: str, num_classes: int) -> Callable[[], torch.nn.Module]:
+    """Check ``--model`` and return a factory for it; raise :class:`UsageError` naming what is wrong."""
+    if ":" in name:
+        mod_name, _, attr = name.partition(":")
+        if not mod_name or not attr or ":" in attr:
+            raise UsageError(f"--model {name!r}: expected package.module:factory, e.g. mypkg.models:make_net")
+        try:
+            module = importlib.import_module(mod_name)
+        except Exception as e:  # ImportError, or anything the module raises while importing
+            raise UsageError(f"--model {name}: cannot import module {mod_name!r} ({type(e).__name__}: {e}); "
+                             "make it importable from the current directory or PYTHONPATH") from None
+        if not callable(getattr(module, attr, None)):
+            public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+            hint = _did_you_mean(attr, public)
+            raise UsageError(f"--model {name}: module {mod_name!r} has no callable {attr!r}"
+                             + (f"; {hint}" if hint else "; give package.module:factory of a function returning an nn.Module"))
+    else:
+        import torchvision
+
+        from .models import CIFAR_MODELS
+
+        names = list(CIFAR_MODELS) + torchvision.models.list_models(module=torchvision.models)
+        if name not in names:
+            hint = _did_you_mean(name, names)
+            raise UsageError(f"unknown model {name!r}: {hint + ' ' if hint else ''}give resnet20/32/56 (CIFAR "
+                             "ResNets), a torchvision model name "
+                             "(`python -c \"import torchvision; print(torchvision.models.list_models())\"`) "
+                             "or package.module:factory")
+
+    def factory() -> torch.nn.Module:
+        model = build_model(name, num_classes)
+        if not isinstance(model, torch.nn.Module):
+            raise UsageError(f"--model {name}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    return factory
+
+
+def _check_output(option: str, path: str, suffixes: Sequence[str] = ()) -> None:
+    """Fail before any training if ``path`` cannot be written (nothing is created here)."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{option} {path}: is a directory; give a file name, e.g. {p / 'out'}{suffixes[0] if suffixes else ''}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: directory {parent} does not exist; create it first or choose another path")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"{option} {path}: not writable; choose a path in a directory you can write to")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise UsageError(f"{option} {path}: unsupported file type {p.suffix or '(none)'!r}; use one of "
+                         f"{', '.join(suffixes)}")
+
+
+def _parse_ld(items: Sequence[str]) -> dict[str, Any]:
+    """``["stop=0.1", "max_drops_per_event=2"]`` -> LearnAndDrop keyword arguments, each checked against
+    ``LearnAndDrop``'s signature (name and type) and then its own range checks."""
+    params = inspect.signature(LearnAndDrop).parameters
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--ld {item!r}: expected KEY=VALUE, e.g. --ld stop=0.1")
+        if key not in params:
+            hint = _did_you_mean(key, list(params))
+            raise UsageError(f"--ld {item}: LearnAndDrop has no knob {key!r}; {hint + ' ' if hint else ''}"
+                             f"knobs: {', '.join(params)} (docs/method.md)")
+        ann = str(params[key].annotation)
+        try:
+            if value == "None" and "None" in ann:
+                out[key] = None
+            elif re.search(r"\bbool\b", ann):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                out[key] = value.lower() == "true"
+            elif re.search(r"\bint\b", ann):
+                out[key] = int(value)
+            elif re.search(r"\bfloat\b", ann):
+                out[key] = float(value)
+                if not math.isfinite(out[key]):
+                    raise ValueError
+            elif ann.startswith("Iterable"):
+                out[key] = [v for v in value.split(",") if v]
+            else:
+                out[key] = value
+        except ValueError:
+            what = "True or False" if "bool" in ann else "an integer" if "int" in ann else "a number"
+            raise UsageError(f"--ld {item}: {key} must be {what}{' or None' if 'None' in ann else ''}, "
+                             f"got {value!r}") from None
+    try:
+        LearnAndDrop(**out)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--ld: {e}; see docs/method.md for each knob's range") from None
+    return out
+
+
+def _load_data(args: argparse.Namespace) -> data_mod.ImageData:
+    d = args.data_dir
+    if d is not None:
+        if not Path(d).is_dir():
+            raise UsageError(f"--data-dir {d}: no such directory; give the directory holding the data set "
+                             "(docs/data.md lists the layouts)")
+        if args.dataset == "mnist-small":
+            print(f"fxdrop run: warning: --data-dir {d} is ignored by --dataset mnist-small (bundled); "
+                  "use --dataset mnist to read it", file=sys.stderr)
+        sub = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}.get(args.dataset)
+        if sub and data_mod._raw_dir(d, sub) is None:
+            raise UsageError(f"--data-dir {d}: no {args.dataset} IDX files (train-images-idx3-ubyte[.gz] and the "
+                             f"three others) in {d}, {d}/{sub}/raw or {d}/raw; use torchvision's layout")
+    try:
+        data = data_mod.load(args.dataset, d)
+    except (FileNotFoundError, ValueError, OSError, RuntimeError) as e:
+        raise UsageError(f"--dataset {args.dataset}: {e}") from None
+    if min(data.shape[-2:]) > args.input_size:
+        raise UsageError(f"--input-size {args.input_size} is smaller than the {args.dataset} images "
+                         f"({data.shape[-2]}x{data.shape[-1]}); use --input-size {max(data.shape[-2:])} or more")
+    return data.limit(args.train_limit, args.test_limit)
+
+
+def _slow_arm_hook() -> Callable[[str, int], None] | None:
+    spec = os.environ.get(SLOW_ARM_ENV)
+    if not spec:
+        return None
+    kind, _, secs = spec.partition(":")
+    try:
+        delay = float(secs)
+    except ValueError:
+        raise UsageError(f"{SLOW_ARM_ENV}={spec!r}: expected POLICY:SECONDS, e.g. none:0.05") from None
+
+    def hook(policy: str, step: int) -> None:
+        if policy == kind:
+            time.sleep(delay)
+
+    return hook
+
+
+# --- output -------------------------------------------------------------------------------------------
+
+
+def speedups(r: RunResult, base: RunResult) -> dict[str, float]:
+    """Speed-ups of ``r`` over ``base``: predicted by forward FLOPs, measured by wall and by CPU time."""
+    return {"flops": r.predicted_speedup(base), "wall": base.wall_s / max(r.wall_s, 1e-9),
+            "cpu": base.cpu_s / max(r.cpu_s, 1e-9)}
+
+
+def disagrees(s: dict[str, float]) -> bool:
+    """Whether the wall-time and CPU-time speed-ups differ by more than :data:`TIMING_NOISE`."""
+    return abs(s["wall"] / s["cpu"] - 1) > TIMING_NOISE
 
 
 def _table(results: list[RunResult]) -> str:
@@ -24,160 +258,269 @@ def _table(results: list[RunResult]) -> str:
     base = results[0]
     rows = []
     for r in results:
-        when = "; ".join(f"{s}:{len(n)}" for s, n in r.events) or "-"
+        s = speedups(r, base)
+        when = "; ".join(f"{st}:{len(n)}" for st, n in r.events) or "-"
         rows.append([
-            r.policy, f"{r.wall_s:.1f}", f"{base.wall_s / r.wall_s:.2f}x", f"{100 * r.test_acc:.2f}",
-            f"{100 * (r.test_acc - base.test_acc):+.2f}", f"{100 * r.flops_ratio:.1f}%",
-            f"{len(r.dropped)}/{r.units}", when,
+            r.policy, r.steps, f"{r.wall_s:.1f}", f"{r.cpu_s:.1f}", f"{s['flops']:.2f}x", f"{s['wall']:.2f}x",
+            f"{s['cpu']:.2f}x" + (" !" if disagrees(s) else ""), f"{100 * r.test_acc:.2f}",
+            f"{100 * (r.test_acc - base.test_acc):+.2f}", f"{100 * r.flops_ratio:.1f}%", f"{len(r.dropped)}/{r.units}",
+            when,
         ])
-    return tabulate(rows, headers=["policy", "train s", "speed-up", "test acc %", "Δ acc pt", "fwd FLOPs/step",
-                                   "units dropped", "drops (step:count)"])
+    return tabulate(rows, headers=["policy", "steps", "wall s", "CPU s", "FLOPs speed-up", "wall speed-up",
+                                   "CPU speed-up", "test acc %", "Δ acc pt", "fwd FLOPs/step", "units dropped",
+                                   "drops (step:count)"], disable_numparse=True)
 
 
-def _plot(results: list[RunResult], path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:  # optional extra
-        raise SystemExit(f"--plot needs matplotlib: pip install 'fxdrop[plot]' ({e})")
-    run = next((r for r in results if r.policy in ("learn-and-drop", "freeze")), results[-1])
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-    for name, hist in run.scores.items():
-        if hist:
-            ax1.semilogy([h["step"] for h in hist], [h["change"] for h in hist], label=name)
-    ax1.set_ylabel("layer-change score")
-    ax1.legend(fontsize=6, ncol=3)
-    for r in results:
-        steps, left = [0], [r.units]
-        for s, names in r.events:
-            steps.append(s)
-            left.append(left[-1] - len(names))
-        steps.append(r.steps)
-        left.append(left[-1])
-        ax2.step(steps, left, where="post", label=r.policy)
-    ax2.set_xlabel("optimizer step")
-    ax2.set_ylabel("live units")
-    ax2.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def _parse_ld(items: list[str]) -> dict:
-    """``["stop=0.1", "max_drops_per_event=2"]`` -> LearnAndDrop keyword arguments (numbers parsed)."""
-    out: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {item!r}")
-        try:
-            out[key] = int(value)
-        except ValueError:
-            try:
-                out[key] = float(value)
-            except ValueError:
-                out[key] = None if value == "None" else value
+def _warnings(results: list[RunResult]) -> list[str]:
+    base, out = results[0], []
+    for r in results[1:]:
+        s = speedups(r, base)
+        if disagrees(s):
+            out.append(f"warning: {r.policy}: wall-time speed-up {s['wall']:.2f}x and CPU-time speed-up "
+                       f"{s['cpu']:.2f}x differ by more than {TIMING_NOISE:.0%} (the repeat noise on the "
+                       "reference machine): something else used the CPU during some epochs, or threads waited; "
+                       "no single figure is reported - rerun on an idle machine")
     return out
 
 
+def _plot(results: list[RunResult], path: str, title: str) -> None:
+    """One report figure: test accuracy per epoch and forward FLOPs per step against training wall time,
+    every arm, drop events marked and labelled with the units dropped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": 10})
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [1, 1.2]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(results):
+        c = colors[i % len(colors)]
+        ax1.plot(r.epoch_time, [100 * a for a in r.epoch_acc], "o-", color=c,
+                 label=f"{r.policy} ({r.steps} steps)")
+        ax2.step([0.0] + r.step_time, [100 * r.step_flops[0]] + [100 * f for f in r.step_flops] if r.step_flops
+                 else [100.0], where="pre", color=c, label=r.policy)
+        for (st, names), t in zip(r.events, r.event_times):
+            for ax in (ax1, ax2):
+                ax.axvline(t, color=c, ls="--", lw=1, alpha=0.7)
+            ax2.annotate(f"step {st}: {', '.join(names)}", (t, 100 * r.step_flops[min(st, len(r.step_flops)) - 1]),
+                         textcoords="offset points", xytext=(4, -14), fontsize=9, color=c, rotation=0)
+    ax1.set_ylabel("test accuracy (%)\nat each epoch end")
+    ax1.legend(loc="lower right", fontsize=9)
+    ax1.grid(alpha=0.3)
+    ax2.set_ylabel("forward FLOPs per step\n(% of full network)")
+    ax2.set_xlabel("training wall time of the arm (s; evaluation excluded, arms interleaved)")
+    lo = min(min(r.step_flops, default=1.0) for r in results)
+    ax2.set_ylim(max(0, 100 * lo - 15), 105)
+    ax2.grid(alpha=0.3)
+    ax2.legend(loc="lower left", fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- commands -----------------------------------------------------------------------------------------
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'fxdrop[plot]'") from None
+        _check_output("--plot", args.plot, (".png", ".pdf", ".svg"))
+    if args.json not in (None, "-"):
+        _check_output("--json", args.json)
+    hook = _slow_arm_hook()
+    ld_options = _parse_ld(args.ld)
+    for key, value in (("tolerance", args.tolerance), ("target_speedup", args.target_speedup)):
+        ld_options.setdefault(key, value)  # --ld wins over the dedicated options
     try:
-        data = data_mod.load(args.dataset, args.data_dir).limit(args.train_limit, args.test_limit)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"fxdrop run: {e}", file=sys.stderr)
-        return 2
-    try:
-        ld_options = _parse_ld(args.ld)
-        LearnAndDrop(**ld_options)  # validate the knobs before training anything
-    except ValueError as e:
-        print(f"fxdrop run: --ld: {e}", file=sys.stderr)
-        return 2
+        LearnAndDrop(**ld_options)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"--tolerance/--target-speedup: {e}") from None
+    data = _load_data(args)
+    factory = _model_factory(args.model, data.num_classes)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       input_size=args.input_size, interval=args.interval, warmup_epochs=args.warmup_epochs,
-                      ld_options=ld_options, progress=not args.no_progress)
-    factory = lambda: build_model(args.model, data.num_classes)
+                      ld_options=ld_options, progress=not args.no_progress, step_hook=hook)
+    kinds = list(dict.fromkeys(args.policy))
+    spe = -(-len(data.train_y) // cfg.batch_size)
+    first = first_drop_step(cfg, spe)
+    if any(k in LD_ARMS or k == "full-matched" for k in kinds) and first > spe * cfg.epochs:
+        print(f"fxdrop run: warning: Learn&Drop can first drop at step {first} (warm-up of --warmup-epochs "
+              f"{cfg.warmup_epochs:g} = {int(cfg.warmup_epochs * spe)} steps, then {ld_options.get('window', 4)} "
+              f"scores every {ld_options.get('interval', cfg.interval or max(1, spe // 10))} steps) but the run "
+              f"has {spe * cfg.epochs} steps ({cfg.epochs} epochs of {spe}): nothing will be dropped; raise "
+              "--epochs or lower --warmup-epochs", file=sys.stderr)
+    try:  # untimed warm-up; also checks that the model traces and runs on this input size
+        warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=WARMUP_STEPS, step_hook=None, evaluate=False),
+                        "none")
+        train_interleaved([warm])
+    except UsageError:
+        raise
+    except (FxdropError, RuntimeError, ValueError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise UsageError(f"--model {args.model} cannot be trained on {args.input_size}x{args.input_size} inputs "
+                         f"({type(e).__name__}: {msg}); try a larger --input-size or another --model") from None
+    del warm
+    # phase 1: the full network, Learn&Drop and the arms that need nothing else, interleaved epoch by
+    # epoch; phase 2: the arms that need a finished Learn&Drop run (replays, time-matched full network)
+    phase1 = ["none"] + [k for k in kinds if k not in DEPENDENT]
+    if any(k in DEPENDENT for k in kinds) and "learn-and-drop" not in phase1:
+        phase1.insert(1, "learn-and-drop")
     try:
-        factory()
-    except (ValueError, ImportError, AttributeError) as e:
-        print(f"fxdrop run: {e}", file=sys.stderr)
-        return 2
-    # untimed warm-up: the first run in a process pays allocator and kernel start-up costs, which
-    # would inflate every speed-up measured against the baseline that runs first
-    train_run(factory, data, dataclasses.replace(cfg, max_steps=20, progress=False), "none")
-    results = []
-    base, _ = train_run(factory, data, cfg, "none", label="full")
-    results.append(base)
-    reference = None  # the Learn&Drop run that random/position/thin replay
-    for kind in args.policy:
-        if kind in REPLAYS and reference is None:
-            r, reference = train_run(factory, data, cfg, "learn-and-drop")
-            results.append(r)
-        if any(x.policy == kind for x in results):
-            continue
-        r, pol = train_run(factory, data, cfg, kind, reference=reference)
-        results.append(r)
-        if kind == "learn-and-drop":
-            reference = pol
-    if args.json:
-        out = {"model": args.model, "dataset": args.dataset, "source": data.source, "config": vars(cfg),
-               "torch": torch.__version__, "runs": [r.to_dict() for r in results]}
-        if not args.scores:
-            for run in out["runs"]:
-                run.pop("scores")
-        print(json.dumps(out, indent=1))
-    else:
-        print(f"{args.model} on {args.dataset} ({data.source}), {args.epochs} epochs, seed {args.seed}, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-        print(_table(results))
+        runs = {k: TrainRun(factory, data, cfg, k, label="full" if k == "none" else k) for k in phase1}
+    except ValueError as e:  # e.g. --ld never= naming a unit the model does not have
+        raise UsageError(f"{e}; `fxdrop units --model {args.model}` lists the units") from None
+    train_interleaved(list(runs.values()), chunk_steps=args.interleave_steps, progress=cfg.progress)
+    results = {k: r.result() for k, r in runs.items()}
+    if any(k in DEPENDENT for k in kinds):
+        ld = results["learn-and-drop"]
+        ref = runs["learn-and-drop"].policy
+        budget = max(1, round(ld.steps * ld.flops_ratio))
+        deps = {k: TrainRun(factory, data, cfg, k, reference=ref, total_steps=budget if k == "full-matched" else None)
+                for k in kinds if k in DEPENDENT}
+        train_interleaved(list(deps.values()), chunk_steps=args.interleave_steps, progress=cfg.progress)
+        results.update({k: r.result() for k, r in deps.items()})
+    ordered = [results["none"]] + [results[k] for k in dict.fromkeys(phase1[1:] + kinds)]
+    header = (f"{args.model} on {args.dataset} ({data.source}), {args.epochs} epochs, seed {args.seed}, "
+              f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
+    notes = _warnings(ordered)
+    if args.json is not None:
+        out = {"model": args.model, "dataset": args.dataset, "source": data.source,
+               "config": {k: v for k, v in vars(cfg).items() if k != "step_hook"},
+               "torch": torch.__version__, "fxdrop": __version__, "threads": torch.get_num_threads(),
+               "cores": os.cpu_count(), "timing_noise": TIMING_NOISE, "warnings": notes, "runs": []}
+        for r in ordered:
+            d = r.to_dict()
+            d["speedup"] = speedups(r, ordered[0])
+            if not args.scores:
+                for key in ("scores", "step_time", "step_flops"):
+                    d.pop(key)
+            out["runs"].append(d)
+        text = json.dumps(out, indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    if args.json != "-":
+        print(header)
+        turn = f"{args.interleave_steps} steps" if args.interleave_steps else "one epoch"
+        print(f"arms trained interleaved ({turn} of each in turn) after an untimed {WARMUP_STEPS}-step warm-up; "
+              "speed-up = full's time / the arm's; '!' = wall and CPU disagree")
+        later = [k for k in kinds if k in DEPENDENT]
+        if later:
+            print(f"{', '.join(later)} need a finished Learn&Drop run: interleaved among themselves after it, so "
+                  "their wall time shares no turn with full's")
+        print(_table(ordered))
+    for line in notes:
+        print(line, file=sys.stderr)
     if args.plot:
-        _plot(results, args.plot)
+        ld = next((r for r in ordered if r.policy == "learn-and-drop"), ordered[-1])
+        s = speedups(ld, ordered[0])
+        measured = (f"wall {s['wall']:.2f}x vs CPU {s['cpu']:.2f}x (disagree)" if disagrees(s)
+                    else f"{s['cpu']:.2f}x by CPU time ({s['wall']:.2f}x wall)")
+        title = (f"{args.model} on {args.dataset} ({len(data.train_y)} train images), {args.epochs} epochs, "
+                 f"seed {args.seed}\n{ld.policy}: measured {measured}; forward FLOPs predict {s['flops']:.2f}x")
+        _plot(ordered, args.plot, title)
     return 0
 
 
 def _cmd_units(args: argparse.Namespace) -> int:
     import fxdrop
 
-    model = build_model(args.model, args.num_classes)
-    net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, args.input_size, args.input_size),))
+    factory = _model_factory(args.model, args.num_classes)
+    try:
+        model = factory()
+        net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, args.input_size, args.input_size),))
+    except UsageError:
+        raise
+    except (FxdropError, RuntimeError, ValueError, TypeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise UsageError(f"--model {args.model} cannot run on {args.input_size}x{args.input_size} inputs "
+                         f"({type(e).__name__}: {msg}); try a larger --input-size, e.g. 224") from None
     print(net.summary())
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fxdrop", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="train full vs. dropped from the same initialisation and compare")
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fxdrop`` argument parser (every option has help and shows its default)."""
+    p = _Parser(prog="fxdrop", description=__doc__, formatter_class=_Formatter)
+    p.add_argument("--version", action="version", version=f"fxdrop {__version__}, torch {torch.__version__}",
+                   help="print fxdrop's and torch's versions and exit")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="train full vs. dropped from the same initialisation and compare",
+                       description="Train the full network and each --policy arm from the same initialisation and "
+                       "data order, interleaved one epoch at a time, and report wall and CPU time, the speed-up "
+                       "the FLOPs predict and the measured ones, test accuracy and the drops.",
+                       formatter_class=_Formatter)
     r.add_argument("--model", default="resnet18",
                    help="resnet20/32/56 (CIFAR ResNets), a torchvision model name, or package.module:factory")
-    r.add_argument("--dataset", default="mnist-small", choices=sorted(data_mod.DATASETS))
-    r.add_argument("--data-dir", default=None, help="directory with the data set (torchvision layouts)")
-    r.add_argument("--epochs", type=int, default=3)
-    r.add_argument("--batch-size", type=int, default=128)
-    r.add_argument("--lr", type=float, default=0.05)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--input-size", type=int, default=32, help="images are padded up to this size")
-    r.add_argument("--interval", type=int, default=None, help="score interval in steps (default: epoch/10)")
-    r.add_argument("--warmup-epochs", type=float, default=1.0)
-    r.add_argument("--policy", nargs="+", default=["learn-and-drop"], choices=[k for k in POLICIES if k != "none"])
+    r.add_argument("--dataset", default="mnist-small", choices=sorted(data_mod.DATASETS),
+                   help="data set; all but mnist-small are read from --data-dir (docs/data.md)")
+    r.add_argument("--data-dir", default=None, help="directory with the data set (torchvision layouts); "
+                   "default: $FXDROP_DATA")
+    r.add_argument("--epochs", type=_int_at_least(1), default=3, help="training epochs of every arm")
+    r.add_argument("--batch-size", type=_int_at_least(1), default=128, help="training batch size")
+    r.add_argument("--lr", type=_float_in(0, strict=True), default=0.05, help="peak learning rate (OneCycle)")
+    r.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of initialisation and data order")
+    r.add_argument("--input-size", type=_int_at_least(1), default=32,
+                   help="images are padded up to this size (at least the data set's image size)")
+    r.add_argument("--interval", type=_int_at_least(1), default=None,
+                   help="Learn&Drop score interval in steps; default: a tenth of an epoch")
+    r.add_argument("--warmup-epochs", type=_float_in(0, strict=False), default=0.0,
+                   help="extra epochs before Learn&Drop may drop (its score window and plateau test already "
+                   "wait for the first, fast phase of learning to end)")
+    r.add_argument("--target-speedup", type=_float_in(1, strict=False), default=None, metavar="X",
+                   help="budget knob: Learn&Drop drops the cheapest units, as early as its checks allow, until "
+                   "the forward FLOPs predict this speed-up for the run; default: drop what stopped learning")
+    r.add_argument("--tolerance", type=_float_in(0, strict=False), default=0.01, metavar="T",
+                   help="largest accuracy a drop may cost when it happens, measured on held training batches "
+                   "(0.01 = one point)")
+    r.add_argument("--policy", nargs="+", default=["learn-and-drop"], choices=[k for k in POLICIES if k != "none"],
+                   help="arms to compare with the full network (always trained); full-matched = the full "
+                   "network trained for as many steps as Learn&Drop's forward FLOPs buy; pld = progressive "
+                   "layer dropping (Zhang & He 2020)")
+    r.add_argument("--interleave-steps", type=_int_at_least(1), default=None, metavar="N",
+                   help="train the arms in turns of N steps (finer turns share out outside load more evenly); "
+                   "default: one epoch")
     r.add_argument("--ld", nargs="*", default=[], metavar="KEY=VALUE",
                    help="LearnAndDrop knobs (docs/method.md), e.g. --ld stop=0.1 threshold=0.5")
-    r.add_argument("--train-limit", type=int, default=None)
-    r.add_argument("--test-limit", type=int, default=None)
-    r.add_argument("--threads", type=int, default=None)
-    r.add_argument("--json", action="store_true", help="print machine-readable results")
-    r.add_argument("--scores", action="store_true", help="include per-unit score histories in --json")
-    r.add_argument("--plot", default=None, help="write the drop timeline and change scores to this PNG")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--train-limit", type=_int_at_least(1), default=None,
+                   help="use only the first N training images; default: all")
+    r.add_argument("--test-limit", type=_int_at_least(1), default=None,
+                   help="use only the first N test images; default: all")
+    r.add_argument("--threads", type=_int_at_least(1), default=None, help="torch threads; default: torch's choice")
+    r.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="machine-readable results: to stdout (no PATH) or to the file PATH")
+    r.add_argument("--scores", action="store_true",
+                   help="include per-unit score histories and per-step timelines in --json")
+    r.add_argument("--plot", default=None, metavar="PATH",
+                   help="write the report figure (accuracy and FLOPs against time, drops labelled) to PATH "
+                   "(.png, .pdf or .svg; needs matplotlib)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_run)
-    u = sub.add_parser("units", help="print the droppable units of a model")
-    u.add_argument("--model", default="resnet18")
-    u.add_argument("--num-classes", type=int, default=1000)
-    u.add_argument("--input-size", type=int, default=224)
+    u = sub.add_parser("units", help="print the droppable units of a model", formatter_class=_Formatter,
+                       description="Trace a model and print its droppable units with parameters and FLOPs.")
+    u.add_argument("--model", default="resnet18", help="torchvision model name or package.module:factory")
+    u.add_argument("--num-classes", type=_int_at_least(1), default=1000, help="classes of the model's head")
+    u.add_argument("--input-size", type=_int_at_least(1), default=224, help="side of the square example input")
     u.set_defaults(func=_cmd_units)
-    args = p.parse_args(argv)
-    return args.func(args)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``fxdrop`` command line; returns the exit status (2 for a bad command line)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"fxdrop {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

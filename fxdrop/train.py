@@ -1,29 +1,43 @@
 """A plain training loop around :class:`fxdrop.DropNet`, used by the CLI and the experiments.
 
 The loop is what a user writes: ``loss.backward(); optimizer.step(); net.step()`` — the one fxdrop line.
+
+A run is a :class:`TrainRun` object that advances one epoch (or ``n`` steps) at a time and keeps its own
+random state (torch's global RNG state is swapped in and out around every chunk, and the data order has
+its own generator). Several runs can therefore be trained *interleaved* — one epoch of each in turn, see
+:func:`train_interleaved` — with exactly the results of separate runs, so that load from other processes
+falls on every arm alike instead of on whichever arm happened to be running.
 """
 
 from __future__ import annotations
 
-import copy
+import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .baselines import apply_stochastic_depth
+from .baselines import ProgressiveLayerDrop, apply_stochastic_depth
 from .data import ImageData
 from .models import build_model
 from .module import wrap
 from .policy import FixedDrop, LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
 
-__all__ = ["TrainConfig", "RunResult", "build_model", "make_policy", "train_run", "POLICIES", "REPLAYS"]
+__all__ = ["TrainConfig", "RunResult", "TrainRun", "build_model", "make_policy", "train_run", "train_interleaved",
+           "POLICIES", "REPLAYS", "DEPENDENT", "first_drop_step"]
 
-POLICIES = ("none", "learn-and-drop", "random", "position", "thin", "stochastic-depth", "freeze")
+log = logging.getLogger(__name__)
+
+POLICIES = ("none", "learn-and-drop", "full-matched", "random", "position", "thin", "stochastic-depth", "freeze",
+            "pld")
 REPLAYS = ("random", "position", "thin")  # ablations that replay a Learn&Drop run
+# arms that need a finished Learn&Drop run: the replays, and the full network trained for as many steps
+# as Learn&Drop's forward FLOPs buy (its step budget is known only when Learn&Drop has finished)
+DEPENDENT = REPLAYS + ("full-matched",)
 
 
 @dataclass
@@ -36,17 +50,21 @@ class TrainConfig:
     seed: int = 0
     input_size: int = 32
     interval: int | None = None  # LearnAndDrop interval; default: about 10 per epoch
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 0.0  # extra wait: the score window and the plateau test already wait
     stochastic_depth_p: float = 0.5
     ld_options: dict = field(default_factory=dict)  # extra LearnAndDrop keyword arguments
     max_steps: int | None = None  # stop early (the CLI's untimed warm-up run)
     progress: bool = True
+    evaluate: bool = True  # test accuracy at every epoch end (False: only when asked for a result)
+    # test hook: called as ``step_hook(policy, step)`` after every training step, inside the timed region
+    # (tests inject a sleep into one arm to play "load from another process")
+    step_hook: Callable[[str, int], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
 class RunResult:
     policy: str
-    wall_s: float
+    wall_s: float  # wall-clock time of the training steps (evaluation excluded)
     test_acc: float
     flops_ratio: float  # mean forward FLOPs per training step / full forward FLOPs
     units: int
@@ -55,6 +73,18 @@ class RunResult:
     steps: int
     scores: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     epoch_acc: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0  # process CPU time (all threads) of the training steps
+    epoch_time: list[float] = field(default_factory=list)  # training wall time at each evaluation in epoch_acc
+    epoch_step: list[int] = field(default_factory=list)  # step at each evaluation in epoch_acc
+    step_time: list[float] = field(default_factory=list)  # training wall time at the end of each step
+    step_flops: list[float] = field(default_factory=list)  # forward FLOPs fraction of each step
+    event_times: list[float] = field(default_factory=list)  # training wall time of each entry of events
+
+    def predicted_speedup(self, base: "RunResult") -> float:
+        """The speed-up the forward FLOPs predict over ``base``: base's forward FLOPs over this run's
+        (``1 / flops_ratio`` for runs of the same length; the step count enters for ``full-matched``)."""
+        mine = self.steps * self.flops_ratio
+        return base.steps * base.flops_ratio / mine if mine > 0 else math.inf
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +92,7 @@ class RunResult:
 
 def make_policy(kind: str, total_steps: int, cfg: TrainConfig, steps_per_epoch: int,
                 reference: Policy | None = None) -> Policy:
+    """The drop policy of arm ``kind`` for a run of ``total_steps`` steps."""
     interval = cfg.interval or max(1, steps_per_epoch // 10)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if kind in ("learn-and-drop", "freeze"):
@@ -77,6 +108,15 @@ def make_policy(kind: str, total_steps: int, cfg: TrainConfig, steps_per_epoch: 
     return NoDrop()
 
 
+def first_drop_step(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The first step at which Learn&Drop with ``cfg``'s knobs can drop anything: a step on the scoring
+    interval, after the warm-up, with ``window`` scores recorded."""
+    opts = {"interval": cfg.interval or max(1, steps_per_epoch // 10),
+            "warmup": int(cfg.warmup_epochs * steps_per_epoch), "window": 4, **cfg.ld_options}
+    interval, warmup, window = int(opts["interval"]), int(opts["warmup"]), int(opts["window"])
+    return max(window * interval, -(-max(warmup, 1) // interval) * interval)
+
+
 def _evaluate(net: nn.Module, data: ImageData, cfg: TrainConfig) -> float:
     net.eval()
     correct = 0
@@ -87,6 +127,159 @@ def _evaluate(net: nn.Module, data: ImageData, cfg: TrainConfig) -> float:
     return correct / len(data.test_y)
 
 
+class TrainRun:
+    """One training run (arm) that advances in chunks: :meth:`advance` trains to the end of the current
+    epoch, or ``n`` steps. Each chunk swaps the run's own torch RNG state in and out, and the data order
+    comes from the run's own generator, so interleaving chunks of several runs gives every run exactly
+    the result it would have alone.
+
+    ``total_steps`` shortens the run (the ``full-matched`` arm); its LR schedule spans that budget.
+    Wall time (``time.perf_counter``) and process CPU time (``time.process_time``) are accumulated over
+    the training steps only; the evaluation at each epoch end is not timed.
+    """
+
+    def __init__(self, model_factory: Callable[[], nn.Module], data: ImageData, cfg: TrainConfig, kind: str,
+                 reference: Policy | None = None, label: str | None = None, total_steps: int | None = None):
+        if kind not in POLICIES:
+            raise ValueError(f"unknown policy {kind!r}; choose one of {POLICIES}")
+        self.kind, self.label, self.data, self.cfg = kind, label or kind, data, cfg
+        self.steps_per_epoch = -(-len(data.train_y) // cfg.batch_size)
+        self.full_steps = self.steps_per_epoch * cfg.epochs
+        self.total = total_steps if total_steps is not None else self.full_steps
+        if self.total < 1:
+            raise ValueError(f"{kind}: a run needs at least one step, got total_steps={self.total}")
+        self.limit = min(self.total, cfg.max_steps) if cfg.max_steps is not None else self.total
+        outer = torch.get_rng_state()
+        try:
+            torch.manual_seed(cfg.seed)
+            model = model_factory()
+            self.policy = make_policy("none" if kind == "full-matched" else kind, self.total, cfg,
+                                      self.steps_per_epoch, reference)
+            example = data.prepare(data.train_x[:2], 3, cfg.input_size)
+            self.net = wrap(model, example_inputs=(example,), policy=self.policy)
+            if kind == "stochastic-depth":
+                apply_stochastic_depth(self.net, cfg.stochastic_depth_p)
+            self.pld = ProgressiveLayerDrop(self.net, self.total, seed=cfg.seed) if kind == "pld" else None
+            self.net.train()
+            self._rng = torch.get_rng_state()
+        finally:
+            torch.set_rng_state(outer)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay, nesterov=True)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=self.total,
+                                                         pct_start=0.15)
+        self._full = max(self.net.full_flops("train"), 1)
+        self._gen = torch.Generator().manual_seed(cfg.seed)
+        self._batches = None  # iterator over the current epoch's batches
+        self.wall_s = self.cpu_s = 0.0
+        self.step_time: list[float] = []
+        self.step_flops: list[float] = []
+        self.epoch_acc: list[float] = []
+        self.epoch_time: list[float] = []
+        self.epoch_step: list[int] = []
+        self.event_times: list[float] = []
+
+    @property
+    def steps(self) -> int:
+        return self.net.steps
+
+    @property
+    def done(self) -> bool:
+        return self.net.steps >= self.limit
+
+    def advance(self, n: int | None = None) -> int:
+        """Train ``n`` more steps (default: to the end of the current epoch), stopping at the run's end;
+        evaluate (untimed) at every epoch end and at the end of the run. Returns the number of steps taken."""
+        taken, cfg_eval = 0, self.cfg.evaluate
+        while not self.done and (n is None or taken < n):
+            k, epoch_end = self._train(None if n is None else n - taken)
+            taken += k
+            if cfg_eval and (epoch_end or self.done) and (not self.epoch_step or self.epoch_step[-1] != self.net.steps):
+                self.epoch_acc.append(_evaluate(self.net, self.data, self.cfg))
+                self.epoch_time.append(self.wall_s)
+                self.epoch_step.append(self.net.steps)
+            if n is None:
+                break
+        return taken
+
+    def _train(self, n: int | None) -> tuple[int, bool]:
+        """Up to ``n`` steps, stopping at the end of the epoch; the timed part. Returns (steps, epoch ended)."""
+        net, data, cfg = self.net, self.data, self.cfg
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self._rng)
+        taken, epoch_end = 0, False
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            while not self.done and (n is None or taken < n):
+                if self._batches is None:
+                    self._batches = data.batches("train", cfg.batch_size, self._gen)
+                xb, yb = next(self._batches)
+                x = data.prepare(xb, 3, cfg.input_size)
+                if self.pld is not None:  # progressive layer dropping: a graph drawn for this step
+                    out = self.pld(x)
+                    self.step_flops.append(self.pld.flops_fraction)
+                else:
+                    self.step_flops.append((net.flops("train") if net.units else self._full) / self._full)
+                    out = net(x)
+                loss = F.cross_entropy(out, yb)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                self.sched.step()
+                if self.pld is not None:
+                    self.pld.step()
+                dropped_now = net.step(self.opt, targets=yb)
+                if cfg.step_hook is not None:
+                    cfg.step_hook(self.kind, net.steps)
+                now = self.wall_s + time.perf_counter() - t0
+                self.step_time.append(now)
+                if dropped_now:
+                    self.event_times.append(now)
+                    log.info("%s: step %d dropped %s", self.label, net.steps, ", ".join(dropped_now))
+                taken += 1
+                if net.steps % self.steps_per_epoch == 0:  # the epoch's last batch
+                    self._batches, epoch_end = None, True
+                    break
+        finally:
+            self.wall_s += time.perf_counter() - t0
+            self.cpu_s += time.process_time() - c0
+            self._rng = torch.get_rng_state()
+            torch.set_rng_state(outer)
+        return taken, epoch_end
+
+    def result(self) -> RunResult:
+        """What happened so far (call when :attr:`done`)."""
+        net = self.net
+        acc = self.epoch_acc[-1] if self.epoch_acc else _evaluate(net, self.data, self.cfg)
+        return RunResult(
+            policy=self.kind, wall_s=self.wall_s, test_acc=acc,
+            flops_ratio=sum(self.step_flops) / max(len(self.step_flops), 1), units=len(net.units),
+            dropped=[u.name for u in net.units if u.dropped or u.frozen], events=list(self.policy.events),
+            steps=net.steps, scores={u.name: list(u.scores) for u in net.units}, epoch_acc=list(self.epoch_acc),
+            cpu_s=self.cpu_s, epoch_time=list(self.epoch_time), epoch_step=list(self.epoch_step),
+            step_time=list(self.step_time), step_flops=list(self.step_flops), event_times=list(self.event_times),
+        )
+
+
+def train_interleaved(runs: Sequence[TrainRun], chunk_steps: int | None = None,
+                      progress: bool = False) -> None:
+    """Advance ``runs`` in turn, one epoch (or ``chunk_steps`` steps) each, until all are done."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=sum(r.limit - r.steps for r in runs), disable=not progress, leave=False)
+    try:
+        while not all(r.done for r in runs):
+            for r in runs:
+                if r.done:
+                    continue
+                bar.set_description(r.label)
+                bar.update(r.advance(chunk_steps))
+                if r.epoch_acc:
+                    bar.set_postfix_str(f"{r.label} step {r.steps} test acc {r.epoch_acc[-1]:.4f}")
+    finally:
+        bar.close()
+
+
 def train_run(
     model_factory: Callable[[], nn.Module],
     data: ImageData,
@@ -94,60 +287,10 @@ def train_run(
     kind: str,
     reference: Policy | None = None,
     label: str | None = None,
+    total_steps: int | None = None,
 ) -> tuple[RunResult, Policy]:
     """Train ``model_factory()`` with policy ``kind`` and return what happened. The wall time covers
-    the training loop only (not the final evaluation)."""
-    from tqdm.auto import tqdm
-
-    if kind not in POLICIES:
-        raise ValueError(f"unknown policy {kind!r}; choose one of {POLICIES}")
-    torch.manual_seed(cfg.seed)
-    model = model_factory()
-    steps_per_epoch = -(-len(data.train_y) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    policy = make_policy(kind, total, cfg, steps_per_epoch, reference)
-    example = data.prepare(data.train_x[:2], 3, cfg.input_size)
-    net = wrap(model, example_inputs=(example,), policy=policy)
-    if kind == "stochastic-depth":
-        apply_stochastic_depth(net, cfg.stochastic_depth_p)
-    net.train()
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          nesterov=True)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.15)
-    full = max(net.full_flops("train"), 1)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    flops_sum = 0.0
-    epoch_acc = []
-    bar = tqdm(total=total, desc=label or kind, disable=not cfg.progress, leave=False)
-    elapsed = 0.0
-    for _ in range(cfg.epochs):
-        t0 = time.perf_counter()
-        for xb, yb in data.batches("train", cfg.batch_size, gen):
-            x = data.prepare(xb, 3, cfg.input_size)
-            flops_sum += (net.flops("train") if net.units else full) / full
-            loss = F.cross_entropy(net(x), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            dropped_now = net.step(opt, targets=yb)
-            bar.update(1)
-            if cfg.max_steps is not None and net.steps >= cfg.max_steps:
-                break
-            if dropped_now:
-                bar.set_postfix_str(f"dropped {','.join(dropped_now)}")
-        elapsed += time.perf_counter() - t0
-        if cfg.max_steps is not None and net.steps >= cfg.max_steps:
-            break
-        if cfg.progress:
-            epoch_acc.append(_evaluate(net, data, cfg))
-            bar.set_postfix_str(f"test acc {epoch_acc[-1]:.4f}")
-    bar.close()
-    acc = epoch_acc[-1] if epoch_acc else _evaluate(net, data, cfg)
-    frozen_or_dropped = [u.name for u in net.units if u.dropped or u.frozen]
-    result = RunResult(
-        policy=kind, wall_s=elapsed, test_acc=acc, flops_ratio=flops_sum / total, units=len(net.units),
-        dropped=frozen_or_dropped, events=list(policy.events), steps=total,
-        scores={u.name: list(u.scores) for u in net.units}, epoch_acc=epoch_acc,
-    )
-    return result, policy
+    the training loop only (not the evaluations)."""
+    run = TrainRun(model_factory, data, cfg, kind, reference=reference, label=label, total_steps=total_steps)
+    train_interleaved([run], progress=cfg.progress)
+    return run.result(), run.policy

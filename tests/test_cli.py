@@ -43,7 +43,8 @@ def test_idx_loader_reads_torchvision_layout(tmp_path):
     assert (d.train_x[1, 0] == imgs[1]).all()
 
 
-def test_cli_run_end_to_end(capsys):
+@pytest.mark.slow
+def test_cli_run_end_to_end_resnet18(capsys):
     rc = main(["run", "--model", "resnet18", "--epochs", "2", "--train-limit", "2000", "--test-limit", "1000",
                "--batch-size", "64", "--json", "--no-progress", "--policy", "learn-and-drop", "random"])
     assert rc == 0
@@ -65,12 +66,226 @@ def test_cli_units_and_errors(capsys):
     assert "unknown model" in capsys.readouterr().err
 
 
-def test_cli_user_factory_and_ld_knobs(capsys):
+def test_cli_user_factory_and_ld_knobs(capsys, one_thread):
     rc = main(["run", "--model", "tests.models:tiny_resnet", "--epochs", "2", "--train-limit", "1024",
-               "--test-limit", "256", "--json", "--no-progress", "--ld", "stop=0.5", "interval=4"])
+               "--test-limit", "256", "--json", "--no-progress", "--ld", "stop=0.5", "interval=4", "--threads", "1"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["config"]["ld_options"] == {"stop": 0.5, "interval": 4}
     assert out["runs"][1]["units"] == 2
     assert main(["run", "--ld", "plateau=7", "--no-progress"]) == 2
     assert "plateau must be" in capsys.readouterr().err
+
+
+# --- interleaved training, timing, full-matched ----------------------------------------------------------
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from fxdrop.cli import TIMING_NOISE, build_parser
+from fxdrop.train import TrainConfig, TrainRun, train_interleaved, train_run
+from tests.models import tiny_resnet
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["run", "--model", "tests.models:tiny_resnet", "--train-limit", "512", "--test-limit", "256", "--epochs", "2",
+        "--batch-size", "64", "--no-progress", "--ld", "stop=1", "interval=2", "--warmup-epochs", "0.5", "--threads", "1"]
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_interleaved_runs_equal_separate_runs(one_thread):
+    """Each arm keeps its own RNG state (stochastic depth draws from torch's global RNG) and data order,
+    so interleaving chunks of arms, even chunks that end mid-epoch, changes no weight and no result."""
+    torch.set_num_threads(1)  # tiny ops: a second thread only spins when other processes load the machine
+    d = data.load("mnist-small").limit(384, 128)
+    cfg = TrainConfig(epochs=2, batch_size=64, progress=False, interval=2, warmup_epochs=0.5,
+                      ld_options={"stop": 1.0})
+    kinds = ("none", "learn-and-drop", "stochastic-depth")
+    alone = {k: TrainRun(tiny_resnet, d, cfg, k) for k in kinds}
+    for r in alone.values():
+        train_interleaved([r])
+    for chunk in (None, 5):
+        torch.manual_seed(123)  # whatever the caller's RNG does must not matter either
+        mixed = {k: TrainRun(tiny_resnet, d, cfg, k) for k in kinds}
+        train_interleaved(list(mixed.values()), chunk_steps=chunk)
+        for k in kinds:
+            a, b = alone[k].net.state_dict(), mixed[k].net.state_dict()
+            assert all(torch.equal(a[n], b[n]) for n in a), (k, chunk)
+            ra, rb = alone[k].result(), mixed[k].result()
+            assert (ra.test_acc, ra.events, ra.epoch_acc, ra.step_flops) == (rb.test_acc, rb.events, rb.epoch_acc,
+                                                                             rb.step_flops)
+    assert alone["learn-and-drop"].result().events, "stop=1 should force a drop"
+    # the thin wrapper gives the same run again
+    r, _ = train_run(tiny_resnet, d, cfg, "learn-and-drop")
+    assert r.test_acc == alone["learn-and-drop"].result().test_acc and r.events == alone["learn-and-drop"].result().events
+
+
+def test_cli_run_tiny_end_to_end(capsys, tmp_path, one_thread):
+    rc = main(TINY + ["--policy", "learn-and-drop", "random", "full-matched", "--json", str(tmp_path / "r.json"),
+                      "--plot", str(tmp_path / "t.png")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^learn-and-drop\s+16\s", out, re.M) and "CPU speed-up" in out and "FLOPs speed-up" in out
+    res = json.loads((tmp_path / "r.json").read_text())
+    runs = {r["policy"]: r for r in res["runs"]}
+    assert list(runs) == ["none", "learn-and-drop", "random", "full-matched"]
+    ld = runs["learn-and-drop"]
+    assert ld["dropped"] and ld["flops_ratio"] < 1.0 and ld["cpu_s"] > 0 and len(ld["epoch_acc"]) == 2
+    assert ld["speedup"]["flops"] == pytest.approx(1 / ld["flops_ratio"])
+    assert [(s, len(n)) for s, n in runs["random"]["events"]] == [(s, len(n)) for s, n in ld["events"]]
+    fm = runs["full-matched"]  # the full network for the steps Learn&Drop's FLOPs buy
+    assert fm["steps"] == round(16 * ld["flops_ratio"]) < 16 and fm["flops_ratio"] == 1.0 and not fm["dropped"]
+    assert fm["speedup"]["flops"] == pytest.approx(16 / fm["steps"])
+    assert (tmp_path / "t.png").stat().st_size > 20_000
+
+
+def test_slowed_arm_cannot_move_cpu_speedup(capsys, monkeypatch, one_thread):
+    """Load from outside is played by a sleep after every step of the full arm: the wall-time speed-up
+    jumps, the CPU-time one stays within the noise, and the output says the two disagree."""
+    argv = TINY + ["--train-limit", "1024", "--interleave-steps", "4", "--json"]
+
+    def speedup() -> tuple[dict, str]:
+        assert main(argv) == 0
+        cap = capsys.readouterr()
+        return json.loads(cap.out)["runs"][1]["speedup"], cap.err
+
+    plain, _ = speedup()
+    monkeypatch.setenv("FXDROP_TEST_SLOW_ARM", "none:0.03")  # 32 steps: about +1 s on the full arm
+    slowed, err = speedup()
+    assert slowed["wall"] > 2 * plain["wall"], "the hook did not slow the full arm"
+    assert slowed["cpu"] == pytest.approx(plain["cpu"], rel=TIMING_NOISE)
+    assert slowed["flops"] == plain["flops"]
+    assert re.search(r"warning: learn-and-drop: wall-time speed-up .* and CPU-time speed-up .* differ by more than 11%", err)
+
+
+def test_schedule_without_a_drop_step_warns(capsys, one_thread):
+    assert main(["run", "--model", "tests.models:tiny_resnet", "--epochs", "1", "--train-limit", "256",
+                 "--test-limit", "64", "--no-progress", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"warning: Learn&Drop can first drop at step \d+ .* the run has 2 steps .* "
+                     r"raise --epochs or lower --warmup-epochs", err)
+
+
+# --- help and version ------------------------------------------------------------------------------------
+
+
+def test_every_option_has_help_and_default(capsys):
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    for name, sub in subs.choices.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"fxdrop {name} {action.option_strings} has no help"
+            shown = sub._get_formatter()._get_help_string(action)
+            assert "default" in shown and "(default: None)" not in shown, (name, action.option_strings, shown)
+        assert "--epochs EPOCHS       training epochs of every arm (default: 3)" in text or name != "run"
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert re.fullmatch(r"fxdrop \d+\.\d+\.\d+\S*, torch \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
+
+
+# --- every bad input: one line, exit 2, nothing written ------------------------------------------------
+
+BAD = [  # (argv, regex the one stderr line must match)
+    (["run", "--epochs", "0"], r"--epochs: must be >= 1, got 0"),
+    (["run", "--epochs", "three"], r"--epochs: expected an integer >= 1, got 'three'"),
+    (["run", "--batch-size", "-8"], r"--batch-size: must be >= 1, got -8"),
+    (["run", "--lr", "0"], r"--lr: must be a finite number > 0, got 0"),
+    (["run", "--model", "resnet5"], r"unknown model 'resnet5': did you mean resnet50.*torchvision"),
+    (["run", "--model", "nosuchpkg.nets:make"], r"cannot import module 'nosuchpkg.nets'.*PYTHONPATH"),
+    (["run", "--model", "tests.models:tiny_resnt"], r"no callable 'tiny_resnt'; did you mean tiny_resnet\?"),
+    (["run", "--data-dir", "no/such/dir"], r"--data-dir no/such/dir: no such directory"),
+    (["run", "--dataset", "mnist", "--data-dir", "."], r"--data-dir \.: no mnist IDX files .*torchvision's layout"),
+    (["run", "--dataset", "imagenet"], r"--dataset: invalid choice: 'imagenet' \(choose from .*mnist-small"),
+    (["run", "--ld", "platau=0.2"], r"no knob 'platau'; did you mean plateau\?"),
+    (["run", "--ld", "interval=ten"], r"--ld interval=ten: interval must be an integer, got 'ten'"),
+    (["run", "--ld", "plateau=7"], r"--ld: LearnAndDrop: plateau must be in \(0, 1\], got 7"),
+    (["run", "--ld", "stop"], r"--ld 'stop': expected KEY=VALUE"),
+    (["run", "--plot", "no/such/dir/t.png"], r"--plot no/such/dir/t.png: directory no/such/dir does not exist"),
+    (["run", "--plot", "t.txt"], r"--plot t.txt: unsupported file type '.txt'; use one of .png"),
+    (["run", "--json", "no/such/dir/r.json"], r"--json no/such/dir/r.json: directory no/such/dir does not exist"),
+    (["run", "--threads", "0"], r"--threads: must be >= 1, got 0"),
+    (["run", "--train-limit", "0"], r"--train-limit: must be >= 1, got 0"),
+    (["run", "--interval", "0"], r"--interval: must be >= 1, got 0"),
+    (["run", "--warmup-epochs", "-1"], r"--warmup-epochs: must be a finite number >= 0, got -1"),
+    (["run", "--input-size", "16"], r"--input-size 16 is smaller than the mnist-small images \(28x28\); use "
+                                     r"--input-size 28"),
+    (["run", "--model", "tests.models:tiny_resnet", "--train-limit", "64", "--test-limit", "64", "--epochs", "5", "--threads", "1",
+      "--warmup-epochs", "0", "--ld", "never=layer9"],
+     r"never= names unknown units \['layer9'\]; `fxdrop units --model tests.models:tiny_resnet` lists"),
+    (["run", "--dataset", "cifar10"], r"--dataset cifar10: CIFAR-10 is read from a local directory: pass --data-dir"),
+    (["run", "--model", "tests.models"], r"unknown model 'tests.models'.*package.module:factory"),
+    (["units", "--model", "resnet5"], r"fxdrop units: error: unknown model 'resnet5': did you mean resnet50"),
+    (["units", "--model", "vgg11", "--input-size", "8"], r"fxdrop units: error: --model vgg11 cannot run on 8x8 "
+                                                          r"inputs .*larger --input-size"),
+]
+
+
+def _run_cli(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FXDROP_TEST_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fxdrop", *argv], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _cases(tmp_path: Path, which: list[int]) -> list[tuple[list[str], str, Path]]:
+    cases = []
+    for i in which:
+        argv, pattern = BAD[i]
+        cwd = tmp_path / f"case{i}"
+        cwd.mkdir()
+        if argv[0] == "run" and "--plot" not in argv:  # a valid output path that must stay unwritten
+            argv = argv + ["--plot", "timeline.png", "--no-progress"]
+        cases.append((argv, pattern, cwd))
+    return cases
+
+
+def _check(argv: list[str], pattern: str, cwd: Path, code: int, out: str, err: str) -> None:
+    what = f"fxdrop {' '.join(argv)}"
+    assert code == 2, f"{what}: exit {code}\n{err}"
+    assert "Traceback" not in err, f"{what}:\n{err}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"{what}: expected one line, got\n{err}"
+    assert re.search(pattern, lines[0]), f"{what}: {lines[0]!r} does not match {pattern!r}"
+    assert lines[0].startswith(f"fxdrop {argv[0]}: error: "), lines[0]
+    assert not out, f"{what} printed {out!r}"
+    assert not any(cwd.iterdir()), f"{what} wrote {list(cwd.iterdir())}"
+
+
+# the real command costs a torch import (~3 s of CPU) per case: 15 cases in subprocesses, all in-process
+SUBPROCESS_CASES = [0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 14, 15, 16] + [
+    i for i, (argv, _) in enumerate(BAD) if argv[:3] == ["units", "--model", "resnet5"]]
+
+
+def test_bad_inputs_real_command_one_line_exit_2_nothing_written(tmp_path):
+    cases = _cases(tmp_path, SUBPROCESS_CASES)
+    with ThreadPoolExecutor(2) as pool:
+        procs = list(pool.map(lambda c: _run_cli(c[0], c[2]), cases))
+    for (argv, pattern, cwd), proc in zip(cases, procs):
+        _check(argv, pattern, cwd, proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("i", range(len(BAD)), ids=[" ".join(a) for a, _ in BAD])
+def test_bad_inputs_in_process(i, tmp_path, capsys, monkeypatch, one_thread):
+    ((argv, pattern, cwd),) = _cases(tmp_path, [i])
+    monkeypatch.chdir(cwd)
+    monkeypatch.syspath_prepend(str(ROOT))
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    cap = capsys.readouterr()
+    _check(argv, pattern, cwd, code, cap.out, cap.err)

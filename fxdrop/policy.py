@@ -13,6 +13,8 @@ import logging
 import math
 import random
 import time
+
+import torch
 import warnings
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -140,6 +142,7 @@ class LearnAndDrop(Policy):
         probe_samples: int = 128,
         recalibrate: bool = True,
         final_fraction: float = 0.1,
+        check_budget: float = 0.05,
         never: Iterable[str] = (),
         action: str = "drop",
     ):
@@ -168,6 +171,7 @@ class LearnAndDrop(Policy):
             ("probe_samples", probe_samples, isinstance(probe_samples, int) and probe_samples >= 1, "an int >= 1"),
             ("recalibrate", recalibrate, isinstance(recalibrate, bool), "True or False"),
             ("final_fraction", final_fraction, _num(final_fraction) and 0 <= final_fraction < 1, "in [0, 1)"),
+            ("check_budget", check_budget, _num(check_budget) and check_budget > 0, "> 0"),
         ]
         for name, value, ok, what in checks:
             if not ok:
@@ -177,6 +181,10 @@ class LearnAndDrop(Policy):
         self.max_drop_fraction, self.max_drops_per_event = max_drop_fraction, max_drops_per_event
         self.stop, self.tolerance, self.target_speedup = stop, tolerance, target_speedup
         self.check, self.recalibrate, self.final_fraction = check, recalibrate, final_fraction
+        self.check_budget = check_budget
+        # compute spent on checks vs training, in rows through the network (a training row costs about
+        # three forward rows: forward and backward): deterministic, so resumed runs decide alike
+        self.train_rows, self.check_rows = 0, 0
         self.probe = Probe(probe_batches, probe_samples, stride=max(1, interval // probe_batches))
         self.tracker: ScoreTracker | None = None
         self._lr_sum, self._lr_n = 0.0, 0
@@ -190,8 +198,14 @@ class LearnAndDrop(Policy):
         self._lr_n += 1
 
     def observe_inputs(self, step: int, args: tuple, kwargs: dict) -> None:
+        first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+        self.train_rows += int(first.shape[0]) if first is not None else 1
         if self.check or self.recalibrate:
             self.probe.offer(step, args, kwargs)
+
+    def check_allowed(self) -> bool:
+        """Whether checks so far stay within ``check_budget`` of the training compute."""
+        return self.check_rows <= self.check_budget * 3 * self.train_rows
 
     def observe_targets(self, step: int, targets) -> None:
         self.probe.offer_targets(step, targets)
@@ -256,6 +270,8 @@ class LearnAndDrop(Policy):
             and (self.target_speedup is not None or self._stopped_learning(scores[u.name]))
         ]
         cands.sort(key=lambda u: scores[u.name]["continuation"])
+        if self.check and cands and not self.check_allowed():
+            return []  # checks used their share of the compute: the candidates wait for a later boundary
         if self.check and len(self.probe) and cands:
             t0 = time.perf_counter()
             chosen = self._checked(cands, step)
@@ -305,6 +321,7 @@ class LearnAndDrop(Policy):
         net = self.net
         current = net.graph_module if net.training else net.candidate_graph([], "train")
         costs = drop_cost(net.model, current, [net.candidate_graph([u.name], "train") for u in cands], self.probe, step)
+        self.check_rows += (1 + len(cands)) * self.probe.rows
         ok = []
         for u, c in zip(cands, costs):
             if u.scores and u.scores[-1].get("step") == step:
@@ -324,6 +341,7 @@ class LearnAndDrop(Policy):
                 trial = chosen + [u]
                 (tc,) = drop_cost(net.model, current, [net.candidate_graph([v.name for v in trial], "train")],
                                   self.probe, step)
+                self.check_rows += 2 * self.probe.rows
                 accepted = tc.cost <= self.tolerance
                 self._record(step, trial, tc, accepted)
                 if not accepted:
@@ -341,6 +359,7 @@ class LearnAndDrop(Policy):
         if self.recalibrate and self.action == "drop" and names and self.net is not None and len(self.probe):
             t0 = time.perf_counter()
             n = recalibrate_batchnorm(self.net.model, self.net.candidate_graph([], "train"), self.probe)
+            self.check_rows += self.probe.rows
             self.check_seconds += time.perf_counter() - t0
             log.info("fxdrop: dropped %s; re-estimated %d BatchNorm layers on %d held batches", names, n, len(self.probe))
 
@@ -354,6 +373,7 @@ class LearnAndDrop(Policy):
                        "steps": list(self.probe.steps), "next": self.probe._next}
         sd["checks"] = [dict(c) for c in self.checks]
         sd["check_seconds"] = self.check_seconds
+        sd["rows"] = (self.train_rows, self.check_rows)
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -370,6 +390,7 @@ class LearnAndDrop(Policy):
         self.probe._next = int(probe.get("next", 0))
         self.checks = [dict(c) for c in sd.get("checks", [])]
         self.check_seconds = float(sd.get("check_seconds", 0.0))
+        self.train_rows, self.check_rows = (int(v) for v in sd.get("rows", (0, 0)))
 
 
 def _num(v: object) -> bool:

@@ -86,6 +86,15 @@ class Probe:
         i = self.steps.index(step)
         self.targets[i] = targets.detach()[: self.samples].clone()
 
+    @property
+    def rows(self) -> int:
+        """Rows held over all batches (the first tensor input's leading dimension)."""
+        total = 0
+        for args, kwargs in self.held:
+            first = next((a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+            total += int(first.shape[0]) if first is not None else 1
+        return total
+
     def __iter__(self) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
         return iter(self.held)
 

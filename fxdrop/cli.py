@@ -141,6 +141,13 @@ def _model_factory(name: str, num_classes: int) -> Callable[[], torch.nn.Module]
     return factory
 
 
+def _model_error(args: argparse.Namespace, what: str, e: BaseException, way_out: str) -> UsageError:
+    """One line for a model that fails on the chosen input: the model, the input, the error's first line."""
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return UsageError(f"--model {args.model} cannot {what} {args.input_size}x{args.input_size} inputs "
+                      f"({type(e).__name__}: {msg}); {way_out}")
+
+
 def _check_output(option: str, path: str, suffixes: Sequence[str] = ()) -> None:
     """Fail before any training if ``path`` cannot be written (nothing is created here)."""
     p = Path(path)
@@ -363,9 +370,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except UsageError:
         raise
     except (FxdropError, RuntimeError, ValueError, TypeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise UsageError(f"--model {args.model} cannot be trained on {args.input_size}x{args.input_size} inputs "
-                         f"({type(e).__name__}: {msg}); try a larger --input-size or another --model") from None
+        raise _model_error(args, "be trained on", e, "try a larger --input-size or another --model") from None
     del warm
     # phase 1: the full network, Learn&Drop and the arms that need nothing else, interleaved epoch by
     # epoch; phase 2: the arms that need a finished Learn&Drop run (replays, time-matched full network)
@@ -440,9 +445,7 @@ def _cmd_units(args: argparse.Namespace) -> int:
     except UsageError:
         raise
     except (FxdropError, RuntimeError, ValueError, TypeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise UsageError(f"--model {args.model} cannot run on {args.input_size}x{args.input_size} inputs "
-                         f"({type(e).__name__}: {msg}); try a larger --input-size, e.g. 224") from None
+        raise _model_error(args, "run on", e, "try a larger --input-size, e.g. 224") from None
     print(net.summary())
     return 0
 

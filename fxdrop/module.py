@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_flatten
 from .errors import DropStateError, NotInitializedError, TraceError, UnitError
 from .rewrite import bypass
 from .shapes import FLOPS_KEY, propagate
-from .trace import TraceResult, trace
+from .trace import ModelSnapshot, TraceResult, trace
 from .units import Unit, find_units
 
 __all__ = ["DropNet", "wrap", "apply_plan"]
@@ -157,17 +157,25 @@ class DropNet(nn.Module):
     def _initialize(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         inputs = self._bind(args, kwargs)
         model_name = type(self._model).__name__
+        # the reference output is computed before anything runs the graphs, and every parameter, buffer
+        # and training flag of the model is put back bit for bit afterwards: a train graph that traced
+        # through a BatchNorm holds ``training=True`` as a constant and updates running statistics
+        snapshot = ModelSnapshot(self._model)
         try:
-            out_eval = propagate(self._full["eval"], inputs)
-            if not self._traced.same_graph:
-                propagate(self._full["train"], inputs)
-        except Exception as e:
-            raise TraceError(
-                f"running {model_name}'s traced graph on the example inputs failed: {type(e).__name__}: {e}. "
-                "Check that the example inputs have the shape and dtype the model expects"
-            ) from e
-        if self._verify:
-            self._check_against_model(args, kwargs, out_eval)
+            out_model = self._reference_output(args, kwargs) if self._verify else None
+            try:
+                out_eval = propagate(self._full["eval"], inputs)
+                if not self._traced.same_graph:
+                    propagate(self._full["train"], inputs)
+            except Exception as e:
+                raise TraceError(
+                    f"running {model_name}'s traced graph on the example inputs failed: {type(e).__name__}: {e}. "
+                    "Check that the example inputs have the shape and dtype the model expects"
+                ) from e
+            if self._verify:
+                self._check_against_model(out_model, out_eval)
+        finally:
+            snapshot.restore()
         param_names: dict[int, str] = {}
         for name, p in self._model.named_parameters():
             param_names.setdefault(id(p), name)
@@ -206,15 +214,18 @@ class DropNet(nn.Module):
         if self.policy is not None:
             self.policy.bind(self)
 
-    def _check_against_model(self, args, kwargs, out_graph) -> None:
+    def _reference_output(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The model's own eval-mode output on the example inputs (modes restored afterwards)."""
         modes = [(m, m.training) for m in self._model.modules()]
         self._model.eval()
         try:
             with torch.no_grad():
-                out_model = self._model(*args, **kwargs)
+                return self._model(*args, **kwargs)
         finally:
             for m, mode in modes:
                 m.training = mode
+
+    def _check_against_model(self, out_model: Any, out_graph: Any) -> None:
         flat_g, spec_g = tree_flatten(out_graph)
         flat_m, spec_m = tree_flatten(out_model)
         bad = spec_g != spec_m or len(flat_g) != len(flat_m)

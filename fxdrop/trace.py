@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import TraceError
 
-__all__ = ["FxdropTracer", "TraceResult", "trace", "DEFAULT_LEAF_TYPES"]
+__all__ = ["FxdropTracer", "TraceResult", "trace", "DEFAULT_LEAF_TYPES", "ModelSnapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,34 @@ def _default_leaf_types() -> tuple[type, ...]:
 
 
 DEFAULT_LEAF_TYPES: tuple[type, ...] = _default_leaf_types()
+
+
+class ModelSnapshot:
+    """A bitwise copy of every parameter and buffer of a model and of every module's training flag;
+    :meth:`restore` puts back exactly what was there. Every tensor is copied back: version counters
+    are no guide (a native ``batch_norm`` updates running statistics without bumping them)."""
+
+    def __init__(self, model: nn.Module):
+        self.modes = [(m, m.training) for m in model.modules()]
+        # which tensor object each module holds, in case a forward rebinds a buffer instead of updating it
+        self.slots = [(m, d, k, v) for m in model.modules() for d in (m._parameters, m._buffers) for k, v in d.items()]
+        tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+        with torch.no_grad():
+            self.saved = [(t, t.detach().clone()) for t in tensors.values()]
+
+    def restore(self) -> None:
+        """Put every saved tensor and training flag back."""
+        for m, d, k, v in self.slots:
+            if d.get(k) is not v:
+                d[k] = v
+        with torch.no_grad():
+            for t, saved in self.saved:
+                if t.shape != saved.shape:  # a module replaced its buffer's data: put the old data back
+                    t.data = saved
+                else:
+                    t.copy_(saved)
+        for m, mode in self.modes:
+            m.training = mode
 
 
 class _Untraceable(Exception):
@@ -126,14 +154,17 @@ def trace(
     autowrap_functions: Sequence[Callable[..., Any]] = (),
     concrete_args: dict[str, Any] | None = None,
 ) -> TraceResult:
-    """Trace ``model`` in train and in eval mode; the model's modes are restored afterwards.
+    """Trace ``model`` in train and in eval mode; the model's modes, parameters and buffers are restored
+    afterwards (bit for bit).
 
     Raises :class:`TraceError` if the root module's own ``forward`` cannot be traced.
     """
     leaf_modules = list(leaf_modules)
     auto: list[str] = []
     reasons: dict[str, str] = {}
-    modes = {name: m.training for name, m in model.named_modules()}
+    # tracing runs Python code of the model on real buffers (timm's BatchNormAct2d does
+    # ``self.num_batches_tracked.add_(1)`` while traced in train mode): put everything back afterwards
+    snapshot = ModelSnapshot(model)
     try:
         model.train()
         g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons)
@@ -145,8 +176,7 @@ def trace(
             model.train()
             g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons)
     finally:
-        for name, m in model.named_modules():
-            m.training = modes[name]
+        snapshot.restore()
     if _graph_signature(g_train) == _graph_signature(g_eval):
         g_eval = g_train
     return TraceResult({"train": g_train, "eval": g_eval}, auto, reasons)

@@ -162,7 +162,13 @@ class DropNet(nn.Module):
         # through a BatchNorm holds ``training=True`` as a constant and updates running statistics
         snapshot = ModelSnapshot(self._model)
         try:
-            out_model = self._reference_output(args, kwargs) if self._verify else None
+            try:
+                out_model = self._reference_output(args, kwargs) if self._verify else None
+            except Exception as e:
+                raise TraceError(
+                    f"running {model_name} itself on the example inputs failed: {type(e).__name__}: {e}. "
+                    "Check that the example inputs have the shape and dtype the model expects"
+                ) from e
             try:
                 out_eval = propagate(self._full["eval"], inputs)
                 if not self._traced.same_graph:

@@ -183,8 +183,10 @@ class DropNet(nn.Module):
         finally:
             snapshot.restore()
         param_names: dict[int, str] = {}
+        numel: dict[int, int] = {}
         for name, p in self._model.named_parameters():
             param_names.setdefault(id(p), name)
+            numel[id(p)] = p.numel()
         cands = {mode: find_units(self._full[mode]) for mode in MODES}
         eval_by_name = {c.name_hint: c for c in cands["eval"]}
         units = []
@@ -201,6 +203,7 @@ class DropNet(nn.Module):
                     flops=c.flops,
                     module=c.module,
                     sites={"train": c.site, "eval": twin.site},
+                    weights=sum(numel[i] for i in c.param_ids),
                 )
             )
         self._units = units
@@ -486,9 +489,8 @@ class DropNet(nn.Module):
 
         units = self._require_units()
         total = max(self.full_flops("train"), 1)
-        n_params = dict((n, p.numel()) for n, p in self._model.named_parameters())
         rows = [
-            [u.name, u.kind, sum(n_params[p] for p in u.params), f"{u.flops / 1e6:.1f}", f"{100 * u.flops / total:.1f}",
+            [u.name, u.kind, u.n_params, f"{u.flops / 1e6:.1f}", f"{100 * u.flops / total:.1f}",
              "dropped" if u.dropped else "live"]
             for u in units
         ]

@@ -56,7 +56,8 @@ class UnitSite:
 
 @dataclass(eq=False)
 class Unit:
-    """One droppable unit. ``params`` are the ``state_dict`` names of the parameters only it uses;
+    """One droppable unit. ``params`` are the ``state_dict`` names of the parameters only it uses and
+    ``n_params`` their number of weights (elements), the figure ``repr`` and ``summary()`` show;
     ``flops`` its forward FLOPs for the example input; ``scores`` the history the policy records (the
     same list is on ``node.meta["fxdrop_scores"]`` of the unit's exit node in the full graphs)."""
 
@@ -69,10 +70,16 @@ class Unit:
     dropped: bool = False
     frozen: bool = False
     scores: list[dict[str, float]] = field(default_factory=list, repr=False)
+    weights: int = field(default=0, repr=False)
+
+    @property
+    def n_params(self) -> int:
+        """The number of weights (elements of the parameters in ``params``), as ``summary()`` counts."""
+        return self.weights
 
     def __repr__(self) -> str:
         return (
-            f"Unit(name={self.name!r}, kind={self.kind!r}, params={len(self.params)}, "
+            f"Unit(name={self.name!r}, kind={self.kind!r}, params={self.n_params}, "
             f"flops={self.flops}, dropped={self.dropped}, frozen={self.frozen})"
         )
 

@@ -296,3 +296,14 @@ def test_summary_table():
     net.drop("layer4.1")
     text = net.summary()
     assert "layer4.1" in text and "dropped" in text and "5 units, 1 dropped" in text
+
+
+def test_unit_params_means_weights_everywhere():
+    """``params`` in repr and summary is the number of weights, never the number of tensors."""
+    net, _ = _wrap(torchvision.models.resnet18(num_classes=10), 1, 3, 32, 32)
+    u = net.unit("layer1.0")
+    weights = sum(p.numel() for p in net.parameters_of(u))
+    assert u.n_params == weights == 2 * 64 * 64 * 9 + 4 * 64  # two 3x3 convs, two BatchNorms
+    assert f"params={weights}," in repr(u)
+    row = next(line for line in net.summary().splitlines() if line.startswith("layer1.0 "))
+    assert str(weights) in row.split()

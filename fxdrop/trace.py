@@ -127,6 +127,7 @@ def _trace_once(
     concrete_args: dict[str, Any] | None,
     auto: list[str],
     reasons: dict[str, str],
+    fallback: bool = True,
 ) -> fx.Graph:
     max_retries = sum(1 for _ in model.modules())
     for _ in range(max_retries + 1):
@@ -140,12 +141,59 @@ def _trace_once(
             auto.append(e.path)
             reasons[e.path] = f"{type(e.cause).__name__}: {e.cause}"
         except Exception as e:
+            if not fallback:
+                raise
+            child = largest_traceable_child(model, leaf_modules, autowrap_functions)
+            way = (
+                f"The largest submodule that traces is {child!r} ({type(model.get_submodule(child)).__name__}): "
+                f"wrap it in place, without editing the model, with `model.{_attr_path(child)} = "
+                f"fxdrop.wrap(model.get_submodule({child!r}))` (its units are found at the first forward), "
+                "then train `model` as before; or"
+                if child
+                else "No submodule traces either;"
+            )
             raise TraceError(
                 f"cannot trace the forward of the root module {type(model).__name__} itself: "
-                f"{type(e).__name__}: {e}. Only submodules can be made leaves automatically; move the "
+                f"{type(e).__name__}: {e}. Only submodules can be made leaves automatically. {way} move the "
                 "untraceable code into a submodule, or pass concrete_args=/autowrap_functions= to fxdrop.wrap"
             ) from e
     raise TraceError(f"gave up tracing {type(model).__name__} after {max_retries} leaf retries")  # pragma: no cover
+
+
+def _attr_path(path: str) -> str:
+    """``blocks.0.mlp`` -> ``blocks[0].mlp``: the Python expression that reaches a submodule."""
+    return "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path.split(".")).lstrip(".")
+
+
+def largest_traceable_child(
+    model: nn.Module,
+    leaf_modules: Iterable[type | str] = (),
+    autowrap_functions: Sequence[Callable[..., Any]] = (),
+    max_tries: int = 8,
+) -> str | None:
+    """The qualified name of the submodule holding the most parameters whose own ``forward`` traces
+    (with the usual leaf fallback inside it), or ``None``; at most ``max_tries`` are tried, largest
+    first. Containers without a ``forward`` (``ModuleList``, ``ModuleDict``) are skipped."""
+    sizes = []
+    for name, m in model.named_modules():
+        if not name or type(m).forward is nn.Module.forward:
+            continue
+        sizes.append((sum(p.numel() for p in m.parameters()), name, m))
+    sizes.sort(key=lambda t: (-t[0], t[1].count(".")))
+    names = [n for n in leaf_modules if isinstance(n, str)]
+    types = [t for t in leaf_modules if isinstance(t, type)]
+    for _, name, m in sizes[:max_tries]:
+        prefix = name + "."
+        inner = types + [n[len(prefix):] for n in names if n.startswith(prefix)]
+        snapshot = ModelSnapshot(m)
+        try:
+            _trace_once(m, inner, autowrap_functions, None, [], {}, fallback=False)
+            return name
+        except Exception:
+            continue
+        finally:
+            snapshot.restore()
+    return None
 
 
 def trace(

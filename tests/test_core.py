@@ -307,3 +307,36 @@ def test_unit_params_means_weights_everywhere():
     assert f"params={weights}," in repr(u)
     row = next(line for line in net.summary().splitlines() if line.startswith("layer1.0 "))
     assert str(weights) in row.split()
+
+
+class _BranchyRoot(nn.Module):
+    """A root forward with data-dependent control flow around a traceable backbone."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.backbone = nn.Sequential(Block(8), Block(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if x.mean() > 10:  # data-dependent: the root cannot be traced
+            x = x * 2
+        return self.head(self.backbone(x).mean((2, 3)))
+
+
+def test_untraceable_root_names_the_largest_traceable_child_and_the_way_forward():
+    model = _BranchyRoot().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(fxdrop.TraceError, match=r"'backbone'.*model\.backbone = fxdrop\.wrap"):
+        fxdrop.wrap(model, example_inputs=(x,))
+    with torch.no_grad():
+        ref = model(x)
+    model.backbone = fxdrop.wrap(model.get_submodule("backbone"))  # the way the error points to
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref)
+    assert [u.name for u in model.backbone.units] == ["0", "1"]
+    model.backbone.drop("0")
+    model.train()
+    model(x).sum().backward()
+    assert model.backbone.model[0].conv1.weight.grad is None

@@ -73,6 +73,9 @@ class DropNet(nn.Module):
         self._compiled: dict[tuple[str, tuple[str, ...]], Callable[..., Any]] = {}
         self._flops_cache: dict[str, tuple[fx.GraphModule, int]] = {}
         self.compile_count = 0
+        if concrete_args is None and not isinstance(model, fx.GraphModule):
+            n_pos = len(example_inputs) if isinstance(example_inputs, (tuple, list)) else 0
+            concrete_args = _none_defaults(model, n_pos, set(example_kwargs or ())) or None
         self._traced: TraceResult = trace(model, leaf_modules, autowrap_functions, concrete_args)
         self._full: dict[str, fx.GraphModule] = {}
         self._current: dict[str, fx.GraphModule] = {}
@@ -522,6 +525,24 @@ class DropNet(nn.Module):
         if self._units is None:
             return "units=unknown until the first forward"
         return f"units={len(self._units)}, dropped={len(self.dropped)}"
+
+
+def _none_defaults(model: nn.Module, n_positional: int, given: set[str]) -> dict[str, None]:
+    """The optional ``forward`` arguments that default to ``None`` and that the example inputs leave out
+    (Hiera's ``mask``, timm's ``attn_mask``): they are traced as ``None`` (torch.fx guards the value),
+    so code such as ``if mask is not None`` is not baked into the graph with a proxy in place of ``None``."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - builtin or odd forward
+        return {}
+    out = {}
+    for i, p in enumerate(params):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is not None:
+            continue
+        if (i < n_positional and p.kind != p.KEYWORD_ONLY) or p.name in given:
+            continue
+        out[p.name] = None
+    return out
 
 
 def _param_order(names: dict[int, str]) -> Callable[[str], int]:

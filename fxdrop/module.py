@@ -527,21 +527,23 @@ class DropNet(nn.Module):
         return f"units={len(self._units)}, dropped={len(self.dropped)}"
 
 
-def _none_defaults(model: nn.Module, n_positional: int, given: set[str]) -> dict[str, None]:
-    """The optional ``forward`` arguments that default to ``None`` and that the example inputs leave out
-    (Hiera's ``mask``, timm's ``attn_mask``): they are traced as ``None`` (torch.fx guards the value),
-    so code such as ``if mask is not None`` is not baked into the graph with a proxy in place of ``None``."""
+def _none_defaults(model: nn.Module, n_positional: int, given: set[str]) -> dict[str, Any]:
+    """The optional ``forward`` arguments that default to ``None`` or to a flag (``True``/``False``) and
+    that the example inputs leave out (Hiera's ``mask``, timm's ``attn_mask`` and ``is_causal``): they
+    are traced at their default (torch.fx guards ``None`` at run time), so code such as ``if mask is not
+    None or is_causal`` is not traced with a proxy in place of the value. Pass ``concrete_args=`` to
+    choose otherwise."""
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):  # pragma: no cover - builtin or odd forward
         return {}
     out = {}
     for i, p in enumerate(params):
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is not None:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or not (p.default is None or isinstance(p.default, bool)):
             continue
         if (i < n_positional and p.kind != p.KEYWORD_ONLY) or p.name in given:
             continue
-        out[p.name] = None
+        out[p.name] = p.default
     return out
 
 

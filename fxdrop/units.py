@@ -271,7 +271,7 @@ def _residual_candidates(
                 break
         if entry is None:
             continue
-        region = _side_inputs_out((ancestors(n) | {n}) - (ancestors(entry) | {entry}), entry)
+        region = _side_inputs_out((ancestors(n) | {n}) - (ancestors(entry) | {entry}), entry, n, modules)
         region = _with_dead(region, dead, n)
         if not _private(region, n, modules):
             continue
@@ -279,21 +279,22 @@ def _residual_candidates(
     return found
 
 
-def _side_inputs_out(region: set[fx.Node], entry: fx.Node) -> set[fx.Node]:
-    """Leave out of a region the nodes that do not depend on its entry and are shared with the rest of
-    the graph (a graph input such as timm's ``attn_mask`` read by every block): they are inputs of the
-    region, not part of it. Private ones (a weight's ``get_attr``) stay."""
-    inside = {entry}
-    for r in sorted(region, key=_graph_index(entry.graph)):
-        if any(a in inside for a in r.all_input_nodes):
-            inside.add(r)
-    side = [r for r in region if r not in inside]
+def _side_inputs_out(region: set[fx.Node], entry: fx.Node, exit_node: fx.Node, modules: dict[str, nn.Module]) -> set[fx.Node]:
+    """Leave out of a region the nodes that read nothing inside it and are also read outside it: a graph
+    input such as timm's ``attn_mask`` read by every block, or ``B, H, W, C = x.shape`` of the entry that
+    the code after the add reuses (timm's Swin). They are inputs of the region, not part of it, and stay
+    in the graph when the unit is dropped. Private ones (a weight's ``get_attr``) stay in the region."""
     out = set(region)
+    ordered = sorted(region, key=_graph_index(entry.graph))
     changed = True
     while changed:
         changed = False
-        for r in side:
-            if r in out and (r.op == "placeholder" or any(u not in out for u in r.users)):
+        for r in ordered:
+            if r not in out or r is exit_node or is_inplace(r, modules):
+                continue
+            if all(a not in out for a in r.all_input_nodes) and (
+                r.op == "placeholder" or any(u not in out for u in r.users)
+            ):
                 out.discard(r)
                 changed = True
     return out

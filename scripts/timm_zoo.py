@@ -51,6 +51,21 @@ def pick() -> dict[str, str]:
     return out
 
 
+def table(records: dict) -> str:
+    """A markdown table: family, model, input, units, FLOPs removable by dropping every unit, outcome."""
+    rows = ["| family | model | input | units | max FLOPs removable | wrap s | outcome |", "|---|---|---|---:|---:|---:|---|"]
+    for fam, r in sorted(records.items()):
+        if "error" in r:
+            outcome = f"{r['error']}: {r['message'].splitlines()[0][:110]}"
+            rows.append(f"| {fam} | {r['model']} | | | | | {outcome} |")
+            continue
+        outcome = "ok" if r["ok"] else f"equal={r['equal']} untouched={r['untouched']}"
+        rows.append(f"| {fam} | {r['model']} | {r['input'][-1]} | {r['units']} | {100 * r['removable']:.1f}% | "
+                    f"{r['wrap_s']:.2f} | {outcome} |")
+    ok = sum(1 for r in records.values() if r.get("ok"))
+    return "\n".join(rows) + f"\n\n{ok} of {len(records)} families wrapped with equal outputs and an untouched model."
+
+
 def _timeout(signum, frame):
     raise TimeoutError("model took too long")
 
@@ -61,9 +76,13 @@ def main() -> None:
     ap.add_argument("--out", default="docs/measurements/timm_zoo.json", help="where the sweep's records go")
     ap.add_argument("--timeout", type=int, default=180, help="seconds allowed per model")
     ap.add_argument("--only", nargs="*", help="families to run (default: all)")
+    ap.add_argument("--table", action="store_true", help="print the records of --out as a markdown table")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
+    if args.table:
+        print(table(json.loads((ROOT / args.out).read_text())))
+        return
     if args.pick:
         FAMILIES.write_text(json.dumps(pick(), indent=1, sort_keys=True) + "\n")
         return

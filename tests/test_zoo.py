@@ -120,8 +120,13 @@ def test_unit_counts_of_transformers_and_branches(name):
     modules = dict(model.named_modules())
     for u in net.units:  # names are module paths (with ':<node>' where a module holds two units)
         assert u.name.split(":")[0] in modules, u.name
-    if name == "maxvit_t":  # an independent count of its residual adds; SE blocks and the stem come on top
-        assert sum(u.kind == "residual" for u in net.units) == UNIT_COUNTS[name]
+    if name == "maxvit_t":
+        # 11 layers x 4 attention residuals (window and grid: attention and MLP) = 44, the issue's count;
+        # the 7 MBConv blocks that do not downsample (identity skip) are residual units too; the
+        # squeeze-excitations of the 4 downsampling MBConvs, the stem conv and a classifier layer come on top
+        res = [u.name for u in net.units if u.kind == "residual"]
+        assert sum("_attention" in n for n in res) == UNIT_COUNTS[name]
+        assert sum(n.endswith(".MBconv") for n in res) == 7 and len(res) == 51
     elif name.startswith("shufflenet"):  # its non-downsampling blocks' branch2
         assert [u.name for u in net.units] == [
             f"stage{s}.{i}.branch2" for s, n in ((2, 4), (3, 8), (4, 4)) for i in range(1, n)

@@ -39,17 +39,23 @@ DEFAULT_LEAF_TYPES: tuple[type, ...] = _default_leaf_types()
 
 
 class ModelSnapshot:
-    """A bitwise copy of every parameter and buffer of a model and of every module's training flag;
-    :meth:`restore` puts back exactly what was there. Every tensor is copied back: version counters
-    are no guide (a native ``batch_norm`` updates running statistics without bumping them)."""
+    """A bitwise copy of every buffer (and, unless ``parameters=False``, every parameter) of a model and
+    of every module's training flag; :meth:`restore` puts back exactly what was there.
 
-    def __init__(self, model: nn.Module):
+    Buffers are always copied back: version counters are no guide for them (a native ``batch_norm``
+    updates running statistics without bumping them). A parameter is copied back only if its version
+    counter moved, which any in-place change to it does.
+    """
+
+    def __init__(self, model: nn.Module, parameters: bool = True):
         self.modes = [(m, m.training) for m in model.modules()]
         # which tensor object each module holds, in case a forward rebinds a buffer instead of updating it
         self.slots = [(m, d, k, v) for m in model.modules() for d in (m._parameters, m._buffers) for k, v in d.items()]
-        tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+        buffers = {id(t): t for t in model.buffers()}
+        params = {id(t): t for t in model.parameters() if id(t) not in buffers} if parameters else {}
         with torch.no_grad():
-            self.saved = [(t, t.detach().clone()) for t in tensors.values()]
+            self.buffers = [(t, t.detach().clone()) for t in buffers.values()]
+            self.params = [(t, t._version, t.detach().clone()) for t in params.values()]
 
     def restore(self) -> None:
         """Put every saved tensor and training flag back."""
@@ -57,10 +63,15 @@ class ModelSnapshot:
             if d.get(k) is not v:
                 d[k] = v
         with torch.no_grad():
-            for t, saved in self.saved:
+            for t, saved in self.buffers:
                 if t.shape != saved.shape:  # a module replaced its buffer's data: put the old data back
                     t.data = saved
                 else:
+                    t.copy_(saved)
+            for t, version, saved in self.params:
+                if t.shape != saved.shape:
+                    t.data = saved
+                elif t._version != version:
                     t.copy_(saved)
         for m, mode in self.modes:
             m.training = mode
@@ -211,8 +222,9 @@ def trace(
     auto: list[str] = []
     reasons: dict[str, str] = {}
     # tracing runs Python code of the model on real buffers (timm's BatchNormAct2d does
-    # ``self.num_batches_tracked.add_(1)`` while traced in train mode): put everything back afterwards
-    snapshot = ModelSnapshot(model)
+    # ``self.num_batches_tracked.add_(1)`` while traced in train mode): put them back afterwards;
+    # parameters are proxies while tracing, never touched
+    snapshot = ModelSnapshot(model, parameters=False)
     try:
         model.train()
         g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons)

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torchvision
+import torch.nn.functional as F
 from torch import nn
 
 import fxdrop
@@ -340,3 +341,33 @@ def test_untraceable_root_names_the_largest_traceable_child_and_the_way_forward(
     model.train()
     model(x).sum().backward()
     assert model.backbone.model[0].conv1.weight.grad is None
+
+
+class _BNAct(nn.BatchNorm2d):
+    """Like timm's BatchNormAct2d: a BatchNorm subclass with its own forward, so it is traced through and
+    the train graph holds ``training=True`` (and ``num_batches_tracked.add_(1)``) as constants."""
+
+    def forward(self, x):
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, self.momentum, self.eps)
+        return torch.relu(x)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_wrap_never_changes_the_models_weights(mode):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _BNAct(8), nn.Conv2d(8, 8, 3, padding=1), _BNAct(8),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    with torch.no_grad():
+        for bn in (model[1], model[3]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    model.train(mode == "train")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    net = fxdrop.wrap(model, example_inputs=(torch.randn(4, 3, 8, 8),))  # verify passes: nothing moved
+    assert not net._traced.same_graph  # the train graph really holds training=True
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), f"wrap changed {k}"
+    assert modes == [m.training for m in model.modules()]

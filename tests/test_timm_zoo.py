@@ -24,10 +24,10 @@ FAMILIES: dict[str, str] = json.loads((Path(__file__).parent / "timm_families.js
 # fast subset: (model, input size, any_size, expected units or None), small inputs
 FAST = {
     "resnet": ("resnet18", 64, True, 5),
-    "cspnet": ("cspresnet50", 64, True, None),  # BatchNormAct2d traced through: the weight-safety case
+    "cspnet": ("cs3darknet_focus_s", 64, True, None),  # BatchNormAct2d traced through: the weight-safety case
     "convnext": ("convnext_atto", 64, True, 12),
     "vision_transformer": ("vit_tiny_patch16_224", 64, False, 24),
-    "efficientnet": ("efficientnet_b0", 64, True, None),
+    "efficientnet": ("test_efficientnet", 64, True, None),
     "metaformer": ("poolformer_s12", 64, True, 24),
 }
 

@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_flatten
 from .errors import DropStateError, NotInitializedError, TraceError, UnitError
 from .rewrite import bypass
 from .shapes import FLOPS_KEY, propagate
-from .trace import TraceResult, trace
+from .trace import ModelSnapshot, TraceResult, trace
 from .units import Unit, find_units
 
 __all__ = ["DropNet", "wrap", "apply_plan"]
@@ -73,6 +73,9 @@ class DropNet(nn.Module):
         self._compiled: dict[tuple[str, tuple[str, ...]], Callable[..., Any]] = {}
         self._flops_cache: dict[str, tuple[fx.GraphModule, int]] = {}
         self.compile_count = 0
+        if concrete_args is None and not isinstance(model, fx.GraphModule):
+            n_pos = len(example_inputs) if isinstance(example_inputs, (tuple, list)) else 0
+            concrete_args = _none_defaults(model, n_pos, set(example_kwargs or ())) or None
         self._traced: TraceResult = trace(model, leaf_modules, autowrap_functions, concrete_args)
         self._full: dict[str, fx.GraphModule] = {}
         self._current: dict[str, fx.GraphModule] = {}
@@ -157,20 +160,36 @@ class DropNet(nn.Module):
     def _initialize(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         inputs = self._bind(args, kwargs)
         model_name = type(self._model).__name__
+        # the reference output is computed before anything runs the graphs, and every parameter, buffer
+        # and training flag of the model is put back bit for bit afterwards: a train graph that traced
+        # through a BatchNorm holds ``training=True`` as a constant and updates running statistics
+        snapshot = ModelSnapshot(self._model)
         try:
-            out_eval = propagate(self._full["eval"], inputs)
-            if not self._traced.same_graph:
-                propagate(self._full["train"], inputs)
-        except Exception as e:
-            raise TraceError(
-                f"running {model_name}'s traced graph on the example inputs failed: {type(e).__name__}: {e}. "
-                "Check that the example inputs have the shape and dtype the model expects"
-            ) from e
-        if self._verify:
-            self._check_against_model(args, kwargs, out_eval)
+            try:
+                out_model = self._reference_output(args, kwargs) if self._verify else None
+            except Exception as e:
+                raise TraceError(
+                    f"running {model_name} itself on the example inputs failed: {type(e).__name__}: {e}. "
+                    "Check that the example inputs have the shape and dtype the model expects"
+                ) from e
+            try:
+                out_eval = propagate(self._full["eval"], inputs)
+                if not self._traced.same_graph:
+                    propagate(self._full["train"], inputs)
+            except Exception as e:
+                raise TraceError(
+                    f"running {model_name}'s traced graph on the example inputs failed: {type(e).__name__}: {e}. "
+                    "Check that the example inputs have the shape and dtype the model expects"
+                ) from e
+            if self._verify:
+                self._check_against_model(out_model, out_eval)
+        finally:
+            snapshot.restore()
         param_names: dict[int, str] = {}
+        numel: dict[int, int] = {}
         for name, p in self._model.named_parameters():
             param_names.setdefault(id(p), name)
+            numel[id(p)] = p.numel()
         cands = {mode: find_units(self._full[mode]) for mode in MODES}
         eval_by_name = {c.name_hint: c for c in cands["eval"]}
         units = []
@@ -187,6 +206,7 @@ class DropNet(nn.Module):
                     flops=c.flops,
                     module=c.module,
                     sites={"train": c.site, "eval": twin.site},
+                    weights=sum(numel[i] for i in c.param_ids),
                 )
             )
         self._units = units
@@ -206,15 +226,18 @@ class DropNet(nn.Module):
         if self.policy is not None:
             self.policy.bind(self)
 
-    def _check_against_model(self, args, kwargs, out_graph) -> None:
+    def _reference_output(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The model's own eval-mode output on the example inputs (modes restored afterwards)."""
         modes = [(m, m.training) for m in self._model.modules()]
         self._model.eval()
         try:
             with torch.no_grad():
-                out_model = self._model(*args, **kwargs)
+                return self._model(*args, **kwargs)
         finally:
             for m, mode in modes:
                 m.training = mode
+
+    def _check_against_model(self, out_model: Any, out_graph: Any) -> None:
         flat_g, spec_g = tree_flatten(out_graph)
         flat_m, spec_m = tree_flatten(out_model)
         bad = spec_g != spec_m or len(flat_g) != len(flat_m)
@@ -482,9 +505,8 @@ class DropNet(nn.Module):
 
         units = self._require_units()
         total = max(self.full_flops("train"), 1)
-        n_params = dict((n, p.numel()) for n, p in self._model.named_parameters())
         rows = [
-            [u.name, u.kind, sum(n_params[p] for p in u.params), f"{u.flops / 1e6:.1f}", f"{100 * u.flops / total:.1f}",
+            [u.name, u.kind, u.n_params, f"{u.flops / 1e6:.1f}", f"{100 * u.flops / total:.1f}",
              "dropped" if u.dropped else "live"]
             for u in units
         ]
@@ -518,6 +540,26 @@ class DropNet(nn.Module):
         if self._units is None:
             return "units=unknown until the first forward"
         return f"units={len(self._units)}, dropped={len(self.dropped)}"
+
+
+def _none_defaults(model: nn.Module, n_positional: int, given: set[str]) -> dict[str, Any]:
+    """The optional ``forward`` arguments that default to ``None`` or to a flag (``True``/``False``) and
+    that the example inputs leave out (Hiera's ``mask``, timm's ``attn_mask`` and ``is_causal``): they
+    are traced at their default (torch.fx guards ``None`` at run time), so code such as ``if mask is not
+    None or is_causal`` is not traced with a proxy in place of the value. Pass ``concrete_args=`` to
+    choose otherwise."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - builtin or odd forward
+        return {}
+    out = {}
+    for i, p in enumerate(params):
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or not (p.default is None or isinstance(p.default, bool)):
+            continue
+        if (i < n_positional and p.kind != p.KEYWORD_ONLY) or p.name in given:
+            continue
+        out[p.name] = p.default
+    return out
 
 
 def _param_order(names: dict[int, str]) -> Callable[[str], int]:

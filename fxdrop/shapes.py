@@ -62,13 +62,17 @@ def tensor_meta(node: fx.Node) -> TensorMetadata | None:
     return meta if isinstance(meta, TensorMetadata) else None
 
 
-def same_tensor_meta(a: fx.Node, b: fx.Node) -> bool:
-    """Whether two nodes produce tensors of equal shape, dtype and memory format."""
+def same_tensor_meta(a: fx.Node, b: fx.Node, views: bool = False) -> bool:
+    """Whether two nodes produce tensors of equal shape, dtype and memory format.
+
+    With ``views=True`` a tensor in no memory format at all (a transposed or sliced view, whose
+    ``memory_format`` is ``None``) matches any format: MaxViT's grid attention adds its branch to a
+    ``swapaxes`` view, and the add's contiguous result holds the same values in the same shape."""
     ma, mb = tensor_meta(a), tensor_meta(b)
     return (
         ma is not None
         and mb is not None
         and ma.shape == mb.shape
         and ma.dtype == mb.dtype
-        and ma.memory_format == mb.memory_format
+        and (ma.memory_format == mb.memory_format or (views and None in (ma.memory_format, mb.memory_format)))
     )

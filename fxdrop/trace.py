@@ -19,7 +19,7 @@ from torch import nn
 
 from .errors import TraceError
 
-__all__ = ["FxdropTracer", "TraceResult", "trace", "DEFAULT_LEAF_TYPES"]
+__all__ = ["FxdropTracer", "TraceResult", "trace", "DEFAULT_LEAF_TYPES", "ModelSnapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,45 @@ def _default_leaf_types() -> tuple[type, ...]:
 
 
 DEFAULT_LEAF_TYPES: tuple[type, ...] = _default_leaf_types()
+
+
+class ModelSnapshot:
+    """A bitwise copy of every buffer (and, unless ``parameters=False``, every parameter) of a model and
+    of every module's training flag; :meth:`restore` puts back exactly what was there.
+
+    Buffers are always copied back: version counters are no guide for them (a native ``batch_norm``
+    updates running statistics without bumping them). A parameter is copied back only if its version
+    counter moved, which any in-place change to it does.
+    """
+
+    def __init__(self, model: nn.Module, parameters: bool = True):
+        self.modes = [(m, m.training) for m in model.modules()]
+        # which tensor object each module holds, in case a forward rebinds a buffer instead of updating it
+        self.slots = [(m, d, k, v) for m in model.modules() for d in (m._parameters, m._buffers) for k, v in d.items()]
+        buffers = {id(t): t for t in model.buffers()}
+        params = {id(t): t for t in model.parameters() if id(t) not in buffers} if parameters else {}
+        with torch.no_grad():
+            self.buffers = [(t, t.detach().clone()) for t in buffers.values()]
+            self.params = [(t, t._version, t.detach().clone()) for t in params.values()]
+
+    def restore(self) -> None:
+        """Put every saved tensor and training flag back."""
+        for m, d, k, v in self.slots:
+            if d.get(k) is not v:
+                d[k] = v
+        with torch.no_grad():
+            for t, saved in self.buffers:
+                if t.shape != saved.shape:  # a module replaced its buffer's data: put the old data back
+                    t.data = saved
+                else:
+                    t.copy_(saved)
+            for t, version, saved in self.params:
+                if t.shape != saved.shape:
+                    t.data = saved
+                elif t._version != version:
+                    t.copy_(saved)
+        for m, mode in self.modes:
+            m.training = mode
 
 
 class _Untraceable(Exception):
@@ -99,6 +138,7 @@ def _trace_once(
     concrete_args: dict[str, Any] | None,
     auto: list[str],
     reasons: dict[str, str],
+    fallback: bool = True,
 ) -> fx.Graph:
     max_retries = sum(1 for _ in model.modules())
     for _ in range(max_retries + 1):
@@ -112,12 +152,59 @@ def _trace_once(
             auto.append(e.path)
             reasons[e.path] = f"{type(e.cause).__name__}: {e.cause}"
         except Exception as e:
+            if not fallback:
+                raise
+            child = largest_traceable_child(model, leaf_modules, autowrap_functions)
+            way = (
+                f"The largest submodule that traces is {child!r} ({type(model.get_submodule(child)).__name__}): "
+                f"wrap it in place, without editing the model, with `model.{_attr_path(child)} = "
+                f"fxdrop.wrap(model.get_submodule({child!r}))` (its units are found at the first forward), "
+                "then train `model` as before; or"
+                if child
+                else "No submodule traces either;"
+            )
             raise TraceError(
                 f"cannot trace the forward of the root module {type(model).__name__} itself: "
-                f"{type(e).__name__}: {e}. Only submodules can be made leaves automatically; move the "
+                f"{type(e).__name__}: {e}. Only submodules can be made leaves automatically. {way} move the "
                 "untraceable code into a submodule, or pass concrete_args=/autowrap_functions= to fxdrop.wrap"
             ) from e
     raise TraceError(f"gave up tracing {type(model).__name__} after {max_retries} leaf retries")  # pragma: no cover
+
+
+def _attr_path(path: str) -> str:
+    """``blocks.0.mlp`` -> ``blocks[0].mlp``: the Python expression that reaches a submodule."""
+    return "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in path.split(".")).lstrip(".")
+
+
+def largest_traceable_child(
+    model: nn.Module,
+    leaf_modules: Iterable[type | str] = (),
+    autowrap_functions: Sequence[Callable[..., Any]] = (),
+    max_tries: int = 8,
+) -> str | None:
+    """The qualified name of the submodule holding the most parameters whose own ``forward`` traces
+    (with the usual leaf fallback inside it), or ``None``; at most ``max_tries`` are tried, largest
+    first. Containers without a ``forward`` (``ModuleList``, ``ModuleDict``) are skipped."""
+    sizes = []
+    for name, m in model.named_modules():
+        if not name or type(m).forward is nn.Module.forward:
+            continue
+        sizes.append((sum(p.numel() for p in m.parameters()), name, m))
+    sizes.sort(key=lambda t: (-t[0], t[1].count(".")))
+    names = [n for n in leaf_modules if isinstance(n, str)]
+    types = [t for t in leaf_modules if isinstance(t, type)]
+    for _, name, m in sizes[:max_tries]:
+        prefix = name + "."
+        inner = types + [n[len(prefix):] for n in names if n.startswith(prefix)]
+        snapshot = ModelSnapshot(m)
+        try:
+            _trace_once(m, inner, autowrap_functions, None, [], {}, fallback=False)
+            return name
+        except Exception:
+            continue
+        finally:
+            snapshot.restore()
+    return None
 
 
 def trace(
@@ -126,14 +213,18 @@ def trace(
     autowrap_functions: Sequence[Callable[..., Any]] = (),
     concrete_args: dict[str, Any] | None = None,
 ) -> TraceResult:
-    """Trace ``model`` in train and in eval mode; the model's modes are restored afterwards.
+    """Trace ``model`` in train and in eval mode; the model's modes, parameters and buffers are restored
+    afterwards (bit for bit).
 
     Raises :class:`TraceError` if the root module's own ``forward`` cannot be traced.
     """
     leaf_modules = list(leaf_modules)
     auto: list[str] = []
     reasons: dict[str, str] = {}
-    modes = {name: m.training for name, m in model.named_modules()}
+    # tracing runs Python code of the model on real buffers (timm's BatchNormAct2d does
+    # ``self.num_batches_tracked.add_(1)`` while traced in train mode): put them back afterwards;
+    # parameters are proxies while tracing, never touched
+    snapshot = ModelSnapshot(model, parameters=False)
     try:
         model.train()
         g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons)
@@ -145,8 +236,7 @@ def trace(
             model.train()
             g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons)
     finally:
-        for name, m in model.named_modules():
-            m.training = modes[name]
+        snapshot.restore()
     if _graph_signature(g_train) == _graph_signature(g_eval):
         g_eval = g_train
     return TraceResult({"train": g_train, "eval": g_eval}, auto, reasons)

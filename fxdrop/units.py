@@ -29,7 +29,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .shapes import FLOPS_KEY, same_tensor_meta
+from .shapes import FLOPS_KEY, same_tensor_meta, tensor_meta
 
 __all__ = ["Unit", "UnitSite", "find_units", "is_inplace"]
 
@@ -56,7 +56,8 @@ class UnitSite:
 
 @dataclass(eq=False)
 class Unit:
-    """One droppable unit. ``params`` are the ``state_dict`` names of the parameters only it uses;
+    """One droppable unit. ``params`` are the ``state_dict`` names of the parameters only it uses and
+    ``n_params`` their number of weights (elements), the figure ``repr`` and ``summary()`` show;
     ``flops`` its forward FLOPs for the example input; ``scores`` the history the policy records (the
     same list is on ``node.meta["fxdrop_scores"]`` of the unit's exit node in the full graphs)."""
 
@@ -69,10 +70,16 @@ class Unit:
     dropped: bool = False
     frozen: bool = False
     scores: list[dict[str, float]] = field(default_factory=list, repr=False)
+    weights: int = field(default=0, repr=False)
+
+    @property
+    def n_params(self) -> int:
+        """The number of weights (elements of the parameters in ``params``), as ``summary()`` counts."""
+        return self.weights
 
     def __repr__(self) -> str:
         return (
-            f"Unit(name={self.name!r}, kind={self.kind!r}, params={len(self.params)}, "
+            f"Unit(name={self.name!r}, kind={self.kind!r}, params={self.n_params}, "
             f"flops={self.flops}, dropped={self.dropped}, frozen={self.frozen})"
         )
 
@@ -171,8 +178,80 @@ class _Candidate:
     flops: int
 
 
-def _residual_candidates(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> list[tuple[_Candidate, set[fx.Node]]]:
+_CHECKS = {torch._assert}
+
+
+def _dead_nodes(graph: fx.Graph, modules: dict[str, nn.Module]) -> set[fx.Node]:
+    """Nodes whose value nobody reads and that change nothing (the unused attention weights of
+    ``x, _ = self_attention(...)``, the ``x.dim()`` of a ``torch._assert`` shape check), transitively. They never make a region impure; a unit takes the
+    dead nodes hanging off it along, so that bypassing it leaves no dangling reader."""
+    dead: set[fx.Node] = set()
+    for n in reversed(graph.nodes):
+        if n.op in ("placeholder", "output") or is_inplace(n, modules):
+            continue
+        if n.is_impure() and n.target not in _CHECKS:
+            continue  # side effects are never dead; a shape check on a unit's tensor goes with the unit
+        if n.op == "call_module" and n.target not in modules:  # pragma: no cover - defensive
+            continue
+        if all(u in dead for u in n.users):
+            dead.add(n)
+    return dead
+
+
+def _with_dead(nodes: set[fx.Node], dead: set[fx.Node], exit_node: fx.Node) -> set[fx.Node]:
+    """``nodes`` and the dead nodes reading them (not the exit's: those will read the entry)."""
+    out = set(nodes)
+    stack = [u for n in nodes if n is not exit_node for u in n.users if u in dead and u not in out]
+    while stack:
+        cur = stack.pop()
+        if cur not in out:
+            out.add(cur)
+            stack.extend(u for u in cur.users if u in dead)
+    return out
+
+
+_TRANSPARENT_FUNCTIONS = {operator.mul, torch.mul}
+_TRANSPARENT_METHODS = {"mul", "contiguous", "clone"}
+
+
+def _transparent(n: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """If ``n`` is an identity-like step on a skip path (``nn.Identity``, drop-path, dropout, any
+    parameter-free module, a scale by a constant or a parameter, ``contiguous``) that keeps its input's
+    tensor meta, the input it reads; else ``None``."""
+    data_in = [a for a in n.all_input_nodes if a.op != "get_attr"]
+    if len(data_in) != 1 or not same_tensor_meta(n, data_in[0], views=True) or (n.args and n.args[0] is not data_in[0]):
+        return None
+    if n.op == "call_module":
+        m = modules.get(n.target)
+        ok = m is not None and not any(True for _ in m.parameters()) and not any(True for _ in m.buffers())
+    elif n.op == "call_function":
+        ok = n.target in _TRANSPARENT_FUNCTIONS
+    elif n.op == "call_method":
+        ok = n.target in _TRANSPARENT_METHODS
+    else:
+        ok = False
+    return data_in[0] if ok else None
+
+
+def _walk_skip(n: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
+    """``n`` and the values it is an identity-like function of, nearest first."""
+    path = [n]
+    while (prev := _transparent(path[-1], modules)) is not None:
+        path.append(prev)
+    return path
+
+
+def _residual_candidates(
+    gm: fx.GraphModule, modules: dict[str, nn.Module], dead: set[fx.Node]
+) -> list[tuple[_Candidate, set[fx.Node]]]:
     found = []
+    anc_cache: dict[fx.Node, set[fx.Node]] = {}
+
+    def ancestors(x: fx.Node) -> set[fx.Node]:
+        if x not in anc_cache:
+            anc_cache[x] = _ancestors(x)
+        return anc_cache[x]
+
     for n in gm.graph.nodes:
         if not _is_add(n):
             continue
@@ -180,21 +259,54 @@ def _residual_candidates(gm: fx.GraphModule, modules: dict[str, nn.Module]) -> l
         if len(args) != 2 or args[0] is args[1]:
             continue
         a, b = args
-        if not (same_tensor_meta(n, a) and same_tensor_meta(n, b)):
+        if not (same_tensor_meta(n, a, views=True) and same_tensor_meta(n, b, views=True)):
             continue
-        anc_a, anc_b = _ancestors(a), _ancestors(b)
-        if a in anc_b:
-            skip, branch, anc_branch, anc_skip = a, b, anc_b, anc_a
-        elif b in anc_a:
-            skip, branch, anc_branch, anc_skip = b, a, anc_a, anc_b
-        else:
+        # the skip is the block input itself, or reaches the add through identity-like steps
+        # (nn.Identity, drop-path, a scale): the entry is the first value on it the branch also reads
+        entry = None
+        for skip, branch in ((a, b), (b, a)):
+            anc_branch = ancestors(branch)
+            entry = next((s for s in _walk_skip(skip, modules) if s in anc_branch and same_tensor_meta(s, n, views=True)), None)
+            if entry is not None:
+                break
+        if entry is None:
             continue
-        region = (anc_branch | {branch}) - (anc_skip | {skip})
+        region = _side_inputs_out((ancestors(n) | {n}) - (ancestors(entry) | {entry}), entry, n, modules)
+        region = _with_dead(region, dead, n)
         if not _private(region, n, modules):
             continue
-        nodes = region | {n}
-        found.append((_Candidate("residual", _site(skip, n, nodes), _module_path(n), "", set(), 0), nodes))
-    # nested residuals: keep the innermost (a block rather than the stage around it)
+        found.append((_Candidate("residual", _site(entry, n, region), _module_path(n), "", set(), 0), region))
+    return found
+
+
+def _side_inputs_out(region: set[fx.Node], entry: fx.Node, exit_node: fx.Node, modules: dict[str, nn.Module]) -> set[fx.Node]:
+    """Leave out of a region the nodes that read nothing inside it and are also read outside it: a graph
+    input such as timm's ``attn_mask`` read by every block, or ``B, H, W, C = x.shape`` of the entry that
+    the code after the add reuses (timm's Swin). They are inputs of the region, not part of it, and stay
+    in the graph when the unit is dropped. Private ones (a weight's ``get_attr``) stay in the region."""
+    out = set(region)
+    ordered = sorted(region, key=_graph_index(entry.graph))
+    changed = True
+    while changed:
+        changed = False
+        for r in ordered:
+            if r not in out or r is exit_node or is_inplace(r, modules):
+                continue
+            if all(a not in out for a in r.all_input_nodes) and (
+                r.op == "placeholder" or any(u not in out for u in r.users)
+            ):
+                out.discard(r)
+                changed = True
+    return out
+
+
+def _graph_index(graph: fx.Graph):
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    return index.__getitem__
+
+
+def _innermost(found: list[tuple[_Candidate, set[fx.Node]]]) -> list[tuple[_Candidate, set[fx.Node]]]:
+    """Nested regions: keep the innermost (a block rather than the stage around it)."""
     exits = {c.site.exit for c, _ in found}
     return [(c, nodes) for c, nodes in found if not any(e in {x.name for x in nodes} - {c.site.exit} for e in exits)]
 
@@ -211,6 +323,45 @@ def _private(region: set[fx.Node], exit_node: fx.Node, modules: dict[str, nn.Mod
         if is_inplace(r, modules) and r.args and isinstance(r.args[0], fx.Node) and r.args[0] not in region:
             return False
     return True
+
+
+def _module_candidates(
+    gm: fx.GraphModule, modules: dict[str, nn.Module], dead: set[fx.Node]
+) -> list[tuple[_Candidate, set[fx.Node]]]:
+    """Submodules traced through whose nodes form a single-entry, single-exit region that keeps the
+    entry's tensor meta (ShuffleNetV2's ``branch2``, an Inception block with equal in/out shapes)."""
+    members: dict[str, set[fx.Node]] = {}
+    for n in gm.graph.nodes:
+        if n.op in ("placeholder", "output", "get_attr"):
+            continue
+        stack = n.meta.get("nn_module_stack") or {}
+        for key in stack:
+            path = key.split("@")[0]
+            if path and not (n.op == "call_module" and n.target == path):
+                members.setdefault(path, set()).add(n)
+    found = []
+    for path, nodes in members.items():
+        if path in modules and isinstance(modules[path], _NORM_TYPES):
+            continue  # a normalisation layer traced through is not a layer to drop, as for chains
+        if not any(_is_anchor(r, modules) for r in nodes):
+            continue
+        inputs = {a for r in nodes for a in r.all_input_nodes if a not in nodes and a.op != "get_attr"}
+        inputs = {a for a in inputs if not (a.op == "placeholder" and tensor_meta(a) is None)}
+        outputs = [r for r in nodes if any(u not in nodes and u not in dead for u in r.users)]
+        if len(inputs) != 1 or len(outputs) != 1:
+            continue
+        entry, exit_node = next(iter(inputs)), outputs[0]
+        if entry.op == "placeholder" or any(u.op == "output" for u in exit_node.users):
+            continue  # the stem reading the raw input and the head feeding the output are never units
+        if not same_tensor_meta(entry, exit_node):
+            continue
+        region = _with_dead(nodes, dead, exit_node)
+        for r in list(region):  # private get_attr inputs (functional weights) belong to the unit
+            region |= {x for x in r.all_input_nodes if x.op == "get_attr" and all(u in region for u in x.users)}
+        if not _private(region, exit_node, modules):
+            continue
+        found.append((_Candidate("module", _site(entry, exit_node, region), path, path, set(), 0), region))
+    return found
 
 
 def _site(entry: fx.Node, exit_node: fx.Node, nodes: set[fx.Node]) -> UnitSite:
@@ -290,9 +441,13 @@ def find_units(gm: fx.GraphModule) -> list[_Candidate]:
     Names are assigned by :func:`name_units`; candidates that own no parameter are left out.
     """
     modules = dict(gm.named_modules())
-    residual = _residual_candidates(gm, modules)
+    dead = _dead_nodes(gm.graph, modules)
+    residual = _innermost(_residual_candidates(gm, modules, dead))
     covered = set().union(*(nodes for _, nodes in residual)) if residual else set()
     chain = _chain_candidates(gm, modules, covered)
+    covered |= set().union(*(nodes for _, nodes in chain)) if chain else set()
+    module = _innermost([(c, nodes) for c, nodes in _module_candidates(gm, modules, dead) if not nodes & covered])
+    residual += module
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     everything = sorted(residual + chain, key=lambda cn: order[cn[0].site.exit])
 
@@ -308,7 +463,8 @@ def find_units(gm: fx.GraphModule) -> list[_Candidate]:
             continue
         cand.flops = sum(n.meta.get(FLOPS_KEY, 0) for n in nodes)
         if cand.kind == "residual":
-            cand.module = _common_prefix([_module_path(n) for n in nodes])
+            # constants (``_tensor_constant0``) live on the root: they say nothing about the module
+            cand.module = _common_prefix([_module_path(n) for n in nodes if n.op != "get_attr"])
             cand.name_hint = cand.module
         out.append(cand)
     name_units(out)

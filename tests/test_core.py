@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torchvision
+import torch.nn.functional as F
 from torch import nn
 
 import fxdrop
@@ -296,3 +297,77 @@ def test_summary_table():
     net.drop("layer4.1")
     text = net.summary()
     assert "layer4.1" in text and "dropped" in text and "5 units, 1 dropped" in text
+
+
+def test_unit_params_means_weights_everywhere():
+    """``params`` in repr and summary is the number of weights, never the number of tensors."""
+    net, _ = _wrap(torchvision.models.resnet18(num_classes=10), 1, 3, 32, 32)
+    u = net.unit("layer1.0")
+    weights = sum(p.numel() for p in net.parameters_of(u))
+    assert u.n_params == weights == 2 * 64 * 64 * 9 + 4 * 64  # two 3x3 convs, two BatchNorms
+    assert f"params={weights}," in repr(u)
+    row = next(line for line in net.summary().splitlines() if line.startswith("layer1.0 "))
+    assert str(weights) in row.split()
+
+
+class _BranchyRoot(nn.Module):
+    """A root forward with data-dependent control flow around a traceable backbone."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.backbone = nn.Sequential(Block(8), Block(8))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        if x.mean() > 10:  # data-dependent: the root cannot be traced
+            x = x * 2
+        return self.head(self.backbone(x).mean((2, 3)))
+
+
+def test_untraceable_root_names_the_largest_traceable_child_and_the_way_forward():
+    model = _BranchyRoot().eval()
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(fxdrop.TraceError, match=r"'backbone'.*model\.backbone = fxdrop\.wrap"):
+        fxdrop.wrap(model, example_inputs=(x,))
+    with torch.no_grad():
+        ref = model(x)
+    model.backbone = fxdrop.wrap(model.get_submodule("backbone"))  # the way the error points to
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref)
+    assert [u.name for u in model.backbone.units] == ["0", "1"]
+    model.backbone.drop("0")
+    model.train()
+    model(x).sum().backward()
+    assert model.backbone.model[0].conv1.weight.grad is None
+
+
+class _BNAct(nn.BatchNorm2d):
+    """Like timm's BatchNormAct2d: a BatchNorm subclass with its own forward, so it is traced through and
+    the train graph holds ``training=True`` (and ``num_batches_tracked.add_(1)``) as constants."""
+
+    def forward(self, x):
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                         self.training, self.momentum, self.eps)
+        return torch.relu(x)
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_wrap_never_changes_the_models_weights(mode):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), _BNAct(8), nn.Conv2d(8, 8, 3, padding=1), _BNAct(8),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    with torch.no_grad():
+        for bn in (model[1], model[3]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    model.train(mode == "train")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    net = fxdrop.wrap(model, example_inputs=(torch.randn(4, 3, 8, 8),))  # verify passes: nothing moved
+    assert not net._traced.same_graph  # the train graph really holds training=True
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), f"wrap changed {k}"
+    assert modes == [m.training for m in model.modules()]

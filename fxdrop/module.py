@@ -73,9 +73,13 @@ class DropNet(nn.Module):
         self._compiled: dict[tuple[str, tuple[str, ...]], Callable[..., Any]] = {}
         self._flops_cache: dict[str, tuple[fx.GraphModule, int]] = {}
         self.compile_count = 0
+        self._baked: dict[str, tuple[int, Any]] = {}  # auto-concrete arguments: name -> (position, value)
         if concrete_args is None and not isinstance(model, fx.GraphModule):
             n_pos = len(example_inputs) if isinstance(example_inputs, (tuple, list)) else 0
             concrete_args = _none_defaults(model, n_pos, set(example_kwargs or ())) or None
+            if concrete_args:
+                names = list(inspect.signature(model.forward).parameters)
+                self._baked = {k: (names.index(k), v) for k, v in concrete_args.items()}
         self._traced: TraceResult = trace(model, leaf_modules, autowrap_functions, concrete_args)
         self._full: dict[str, fx.GraphModule] = {}
         self._current: dict[str, fx.GraphModule] = {}
@@ -529,7 +533,29 @@ class DropNet(nn.Module):
             self.compile_count += 1
         return fn
 
+    def _check_baked(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Refuse a call that passes another value for an argument traced at its default (silently
+        ignoring it would run the wrong computation)."""
+        for name, (pos, value) in self._baked.items():
+            if name in kwargs:
+                given = kwargs[name]
+            elif pos < len(args):
+                given = args[pos]
+            else:
+                continue
+            if given is not value and not (isinstance(value, bool) and isinstance(given, bool) and given == value):
+                raise TraceError(
+                    f"{type(self._model).__name__}.forward was traced with {name}={value!r} (its default, not given "
+                    f"in the example inputs), so a call with {name}={'a ' + type(given).__name__ if value is None else repr(given)} "
+                    f"cannot be honoured; wrap with concrete_args={{{name!r}: <the value you use>}} to trace that "
+                    f"value instead, or example_kwargs={{{name!r}: ...}} if forward only computes with it"
+                )
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self._baked:
+            self._check_baked(args, kwargs)
+            # equal to the traced default: the graph's own default stands in (its placeholders are renamed)
+            kwargs = {k: v for k, v in kwargs.items() if k not in self._baked}
         if self._units is None:
             self._initialize(tuple(args), dict(kwargs))
         if self.training and self.policy is not None and torch.is_grad_enabled():

@@ -37,6 +37,6 @@ def test_defaults_pass_other_values_raise_naming_the_argument():
 def test_concrete_args_trace_the_value_the_user_passes():
     model = Flags()
     x = torch.randn(2, 3, 4, 4)
-    net = fxdrop.wrap(model, example_inputs=(x[:1],), example_kwargs={"flip": True},
-                      concrete_args={"mask": None, "flip": True})
+    # torch.fx renames concrete arguments' placeholders (flip -> flip_1): give them positionally
+    net = fxdrop.wrap(model, example_inputs=(x[:1], None, True), concrete_args={"mask": None, "flip": True})
     torch.testing.assert_close(net(x, None, True), model(x, flip=True))

@@ -5,8 +5,11 @@ from .cases import cases
 
 def pytest_generate_tests(metafunc):
     if "case" in metafunc.fixturenames:
-        cs = cases(metafunc.config)
-        metafunc.parametrize("case", cs, ids=[c.id for c in cs])
+        # torch.compile (inductor) costs about a minute of CPU and GBs of memory per case on 2 cores: the
+        # compiled cases are in the slow tier; the eager ones check the suites in the default one
+        cs = [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.mode == "compiled" else [])
+              for c in cases(metafunc.config)]
+        metafunc.parametrize("case", cs)
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,7 @@ def test_scoring_overhead_per_step(benchmark, request):
     assert net.units[0].scores, "the benchmark must have scored"
 
 
-@pytest.mark.parametrize("mode", ["eager", "compiled"])
+@pytest.mark.parametrize("mode", ["eager", pytest.param("compiled", marks=pytest.mark.slow)])
 def test_rewrite_per_drop_event(benchmark, request, mode):
     """One drop event: ``net.drop(unit)`` (bypass pass + GraphModule recompile) and, compiled, the
     first forward of the new graph (torch.compile's recompilation). Restored between rounds."""

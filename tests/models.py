@@ -105,3 +105,29 @@ def tiny_resnet(num_classes: int = 10) -> nn.Module:
         nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True),
         Block(8), Block(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes),
     )
+
+
+def narrow_resnet18(num_classes: int = 10, width: int = 8) -> nn.Module:
+    """torchvision's ResNet-18 (same blocks, same module names, so the same units ``layer1.0`` ...
+    ``layer4.1``) with ``width`` instead of 64 channels in the first stage: about 1/(64/width)^2 of the
+    compute, for tests whose point is the mechanism rather than the network's size."""
+    import torchvision
+    from torchvision.models.resnet import BasicBlock
+
+    model = torchvision.models.ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    widths = [width, 2 * width, 4 * width, 8 * width]
+    model.inplanes = width
+    model.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+    model.bn1 = nn.BatchNorm2d(width)
+    model.layer1 = model._make_layer(BasicBlock, widths[0], 2)
+    model.layer2 = model._make_layer(BasicBlock, widths[1], 2, stride=2)
+    model.layer3 = model._make_layer(BasicBlock, widths[2], 2, stride=2)
+    model.layer4 = model._make_layer(BasicBlock, widths[3], 2, stride=2)
+    model.fc = nn.Linear(widths[3], num_classes)
+    for m in model.modules():  # torchvision's initialisation
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+    return model

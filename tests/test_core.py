@@ -23,7 +23,8 @@ def _wrap(model, *shape):
 
 @pytest.mark.parametrize(
     "name,count",
-    [("resnet18", 5), ("resnet50", 12), ("resnet152", 46), ("vgg11", 5), ("vgg16", 10)],
+    [("resnet18", 5), ("resnet50", 12), pytest.param("resnet152", 46, marks=pytest.mark.slow), ("vgg11", 5),
+     pytest.param("vgg16", 10, marks=pytest.mark.slow)],
 )
 def test_unit_counts(name, count):
     net, _ = _wrap(torchvision.models.get_model(name, weights=None, num_classes=10), 1, 3, 32, 32)
@@ -49,6 +50,7 @@ def test_vgg_chain_units_are_the_shape_preserving_layers():
     assert net.unit("features.8").params == ("features.8.weight", "features.8.bias")
 
 
+@pytest.mark.slow
 def test_resnet152_drop_all_removes_most_flops():
     net, _ = _wrap(torchvision.models.resnet152(), 1, 3, 224, 224)
     full = net.flops()

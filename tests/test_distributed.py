@@ -22,13 +22,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=__import__("datetime").timedelta(seconds=60))
     try:
         torch.manual_seed(0)  # same init on both ranks
-        model = torchvision.models.resnet18(num_classes=10)
+        if full:
+            model = torchvision.models.resnet18(num_classes=10)
+        else:  # same blocks and unit names, 16 channels in the first stage: ~1/13 of the FLOPs
+            from tests.models import narrow_resnet18
+
+            model = narrow_resnet18(width=16)
         pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=30, stop=0.3)
         net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, 32, 32),), policy=pol)
         ddp = DistributedDropNet(net)
@@ -50,8 +55,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_ddp_gloo_two_ranks(tmp_path):
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="resnet18")])
+def test_ddp_gloo_two_ranks(tmp_path, full):
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), full), nprocs=2, join=True, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["dropped"], "the run should have dropped units"
     assert r0["dropped"] == r1["dropped"] and r0["events"] == r1["events"]

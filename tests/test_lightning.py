@@ -10,11 +10,15 @@ import fxdrop  # noqa: E402
 from fxdrop.integrations.lightning import FxdropCallback  # noqa: E402
 
 
+from .models import narrow_resnet18  # noqa: E402
+
+
 class LitNet(pl.LightningModule):
-    def __init__(self):
+    def __init__(self, full=False):
         super().__init__()
         torch.manual_seed(0)
-        self.model = torchvision.models.resnet18(num_classes=10)
+        # the callback is the point: a ResNet-18 of 16 channels in its first stage (same units) by default
+        self.model = torchvision.models.resnet18(num_classes=10) if full else narrow_resnet18(width=16)
 
     def training_step(self, batch, idx):
         x, y = batch
@@ -31,8 +35,9 @@ def _loader():
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
 
 
-def test_callback_drops_logs_and_checkpoints(tmp_path):
-    lit = LitNet()
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="resnet18")])
+def test_callback_drops_logs_and_checkpoints(tmp_path, full):
+    lit = LitNet(full)
     keys = list(lit.state_dict())
     cb = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),),
                         policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3))
@@ -48,7 +53,7 @@ def test_callback_drops_logs_and_checkpoints(tmp_path):
     saved = torch.load(ckpt, weights_only=False)
     state = next(v for k, v in saved["callbacks"].items() if k.startswith("FxdropCallback"))
     assert state["drop_state"]["dropped"] == cb.net.dropped
-    lit2 = LitNet()
+    lit2 = LitNet(full)
     cb2 = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),),
                          policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3))
     trainer2 = pl.Trainer(max_epochs=5, callbacks=[cb2], logger=False, enable_progress_bar=False,

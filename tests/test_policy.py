@@ -12,13 +12,24 @@ import torchvision
 
 import fxdrop
 from fxdrop.baselines import apply_stochastic_depth
+from fxdrop.models import resnet20
 
 from .helpers import assert_outputs_close
+from .models import narrow_resnet18
+
+# Most tests check the decision logic and the mechanism (hooks, resume, freeze, export): they use a
+# ResNet-18 of 16 channels in its first stage (same blocks, same unit names, ~1/13 of the FLOPs).
+# test_learn_and_drop_on_real_training_drops_and_records_scores trains the real torchvision ResNet-18,
+# and the slow tier repeats resume with it.
 
 
-def _net(policy=None, seed=0):
+def _model(full=False):
+    return torchvision.models.resnet18(num_classes=10) if full else narrow_resnet18(width=16)
+
+
+def _net(policy=None, seed=0, full=False):
     torch.manual_seed(seed)
-    model = torchvision.models.resnet18(num_classes=10)
+    model = _model(full)
     x = torch.randn(8, 3, 32, 32)
     return fxdrop.wrap(model, example_inputs=(x[:2],), policy=policy), x
 
@@ -145,7 +156,7 @@ def test_never_must_name_units():
 
 def test_learn_and_drop_on_real_training_drops_and_records_scores():
     pol = fxdrop.LearnAndDrop(interval=5, warmup=20, total_steps=80, stop=0.3)
-    net, x = _net(pol)
+    net, x = _net(pol, full=True)  # the real torchvision ResNet-18
     _train(net, x, 80)
     assert net.dropped, "a network that has memorised its batch should have dropped units"
     assert pol.events and all(s % 5 == 0 and s >= 20 for s, _ in pol.events)
@@ -202,17 +213,18 @@ def test_freeze_action_freezes_instead_of_dropping():
     assert all(not params[p].requires_grad for u in frozen for p in u.params)
 
 
-def test_resume_continues_to_same_decisions_and_weights():
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="resnet18")])
+def test_resume_continues_to_same_decisions_and_weights(full):
     kw = dict(interval=5, warmup=20, total_steps=80, stop=0.3)
     # uninterrupted
-    a, x = _net(fxdrop.LearnAndDrop(**kw))
+    a, x = _net(fxdrop.LearnAndDrop(**kw), full=full)
     _train(a, x, 80)
     # interrupted after the first drop event, saved, rebuilt from scratch, resumed
-    b, _ = _net(fxdrop.LearnAndDrop(**kw))
+    b, _ = _net(fxdrop.LearnAndDrop(**kw), full=full)
     opt = _train(b, x, 40)
     assert b.dropped, "the checkpoint must be taken after a drop event"
     ckpt = copy.deepcopy({"model": b.state_dict(), "optim": opt.state_dict(), "fxdrop": b.drop_state_dict()})
-    c, _ = _net(fxdrop.LearnAndDrop(**kw), seed=123)  # other init: everything must come from the checkpoint
+    c, _ = _net(fxdrop.LearnAndDrop(**kw), seed=123, full=full)  # other init: everything must come from the checkpoint
     c.load_state_dict(ckpt["model"])
     c.load_drop_state_dict(ckpt["fxdrop"])
     opt_c = torch.optim.SGD(c.parameters(), lr=0.05, momentum=0.9)
@@ -225,7 +237,7 @@ def test_resume_continues_to_same_decisions_and_weights():
 
 def test_drop_state_from_other_model_is_refused():
     a, _ = _net(fxdrop.LearnAndDrop())
-    other = fxdrop.wrap(torchvision.models.resnet50(num_classes=10), example_inputs=(torch.randn(1, 3, 32, 32),))
+    other = fxdrop.wrap(resnet20(num_classes=10), example_inputs=(torch.randn(1, 3, 32, 32),))  # other unit names
     with pytest.raises(fxdrop.DropStateError, match="other units"):
         other.load_drop_state_dict(a.drop_state_dict())
     with pytest.raises(fxdrop.DropStateError, match="policy"):
@@ -244,7 +256,7 @@ def test_export_and_apply_plan():
         assert_outputs_close(slim(x), net(x))
     assert not hasattr(slim.layer3, "1") or not any(True for _ in slim.layer3.get_submodule("1").parameters())
     assert next(slim.parameters()).data_ptr() != next(net.parameters()).data_ptr()
-    fresh = torchvision.models.resnet18(num_classes=10)
+    fresh = _model()
     fresh.load_state_dict(net.state_dict())
     rebuilt = fxdrop.apply_plan(fresh, net.plan(), (x[:2],))
     with torch.no_grad():

@@ -13,6 +13,17 @@ from torch import nn
 import fxdrop
 from fxdrop.probe import Probe, drop_cost, preserved_state, recalibrate_batchnorm
 
+from .models import narrow_resnet18
+
+# The checks on the real torchvision ResNet-18 (no training) stay; the policy tests, whose point is the
+# decision logic, train a ResNet-18 of 16 channels in its first stage (same units, ~1/13 of the FLOPs).
+
+
+def _small_net(pol, full=False):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10) if full else narrow_resnet18(width=16)
+    return fxdrop.wrap(model, example_inputs=(torch.randn(2, 3, 32, 32),), policy=pol)
+
 
 def test_probe_keeps_a_ring_of_detached_slices_every_stride_steps():
     p = Probe(batches=2, samples=3, stride=2)
@@ -154,12 +165,11 @@ def _train_steps(net, pol, steps, lr=0.05, seed=0):
     return x
 
 
-def test_checked_policy_rejects_costly_drops_and_backs_off():
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="resnet18")])
+def test_checked_policy_rejects_costly_drops_and_backs_off(full):
     # tolerance 0: a bypass that changes any prediction is refused; each refusal doubles the wait
     pol = fxdrop.LearnAndDrop(interval=4, warmup=0, window=2, plateau=1.0, tolerance=0.0, probe_samples=16)
-    torch.manual_seed(0)
-    net = fxdrop.wrap(torchvision.models.resnet18(num_classes=10), example_inputs=(torch.randn(2, 3, 32, 32),),
-                      policy=pol)
+    net = _small_net(pol, full)
     _train_steps(net, pol, 24)
     rejected = [c for c in pol.checks if not c["accepted"]]
     assert rejected, "a random network's blocks change some predictions"
@@ -177,9 +187,7 @@ def test_checked_policy_rejects_costly_drops_and_backs_off():
 def test_checked_policy_accepts_within_tolerance_and_recalibrates():
     pol = fxdrop.LearnAndDrop(interval=4, warmup=0, window=2, plateau=1.0, tolerance=1.0, probe_samples=16,
                               max_drops_per_event=1)
-    torch.manual_seed(0)
-    net = fxdrop.wrap(torchvision.models.resnet18(num_classes=10), example_inputs=(torch.randn(2, 3, 32, 32),),
-                      policy=pol)
+    net = _small_net(pol)
     seen = []
     net.on_drop(lambda n, names, ev: seen.append((ev, list(names))))
     _train_steps(net, pol, 8)
@@ -197,9 +205,7 @@ def test_checked_policy_accepts_within_tolerance_and_recalibrates():
 def test_target_speedup_drops_until_the_predicted_speedup_is_reached():
     pol = fxdrop.LearnAndDrop(interval=2, warmup=0, window=2, plateau=1e-9, tolerance=1.0, target_speedup=1.3,
                               total_steps=40, probe_samples=8)
-    torch.manual_seed(0)
-    net = fxdrop.wrap(torchvision.models.resnet18(num_classes=10), example_inputs=(torch.randn(2, 3, 32, 32),),
-                      policy=pol)
+    net = _small_net(pol)
     _train_steps(net, pol, 12)
     assert net.dropped, "plateau=1e-9 never fires: only the target makes candidates"
     assert pol.predicted_speedup(12) >= 1.3
@@ -213,8 +219,7 @@ def test_target_speedup_drops_until_the_predicted_speedup_is_reached():
 
 def test_predicted_speedup_hand_computed():
     pol = fxdrop.LearnAndDrop(total_steps=100)
-    net = fxdrop.wrap(torchvision.models.resnet18(num_classes=10), example_inputs=(torch.randn(2, 3, 32, 32),),
-                      policy=pol)
+    net = _small_net(pol)
     full = net.full_flops("train")
     u = net.unit("layer4.1")
     pol._frac_sum = 40.0  # 40 full steps so far
@@ -227,9 +232,7 @@ def test_predicted_speedup_hand_computed():
 def test_no_drop_in_the_final_fraction_when_total_steps_is_known():
     pol = fxdrop.LearnAndDrop(interval=2, warmup=0, window=2, plateau=1.0, tolerance=1.0, total_steps=20,
                               final_fraction=0.5, probe_samples=8)
-    torch.manual_seed(0)
-    net = fxdrop.wrap(torchvision.models.resnet18(num_classes=10), example_inputs=(torch.randn(2, 3, 32, 32),),
-                      policy=pol, )
+    net = _small_net(pol)
     pol.max_drop_fraction = 0.0  # nothing fits before the final half ...
     _train_steps(net, pol, 10)
     pol.max_drop_fraction = 1.0  # ... and the final half is closed

@@ -14,6 +14,11 @@ ALL = torchvision.models.list_models(module=torchvision.models)
 # the two largest (by parameters) are skipped for time on a 2-core CI machine
 SKIPPED = {"vit_h_14", "regnet_y_128gf"}
 ZOO = [n for n in ALL if n not in SKIPPED]
+# the default tier wraps one model of each family; the rest of the zoo is the slow tier (CI runs both)
+FAST = {"resnet18", "resnet50", "vgg11", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0",
+        "squeezenet1_0", "densenet121", "googlenet", "regnet_x_400mf", "convnext_tiny", "swin_t", "vit_b_16",
+        "mnasnet0_5"}
+ZOO_PARAMS = [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in ZOO]
 # models that only accept one input size
 INPUT_SIZE = {"inception_v3": 299, "maxvit_t": 224, **{n: 224 for n in ALL if n.startswith("vit_")}}
 # models wrapped but with nothing to drop: asserted, so a model that gains units fails here
@@ -30,13 +35,13 @@ def _n_params(name: str) -> int:
 
 
 def test_zoo_lists_are_current():
-    assert SKIPPED <= set(ALL) and len(SKIPPED) <= 2
+    assert SKIPPED <= set(ALL) and len(SKIPPED) <= 2 and FAST <= set(ZOO)
     assert set(NO_UNITS) <= set(ALL) and set(KNOWN_FAILURES) <= set(ALL)
     sizes = {n: _n_params(n) for n in ALL}
     assert set(sorted(ALL, key=sizes.__getitem__)[-2:]) == SKIPPED
 
 
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", ZOO_PARAMS)
 def test_torchvision_model(name):
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None)

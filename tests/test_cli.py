@@ -71,7 +71,8 @@ def test_cli_user_factory_and_ld_knobs(capsys, one_thread):
                "--test-limit", "256", "--json", "--no-progress", "--ld", "stop=0.5", "interval=4", "--threads", "1"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["config"]["ld_options"] == {"stop": 0.5, "interval": 4}
+    # --tolerance and --target-speedup land in the same knobs (their defaults here)
+    assert out["config"]["ld_options"] == {"stop": 0.5, "interval": 4, "tolerance": 0.01, "target_speedup": None}
     assert out["runs"][1]["units"] == 2
     assert main(["run", "--ld", "plateau=7", "--no-progress"]) == 2
     assert "plateau must be" in capsys.readouterr().err
@@ -110,7 +111,7 @@ def test_interleaved_runs_equal_separate_runs(one_thread):
     torch.set_num_threads(1)  # tiny ops: a second thread only spins when other processes load the machine
     d = data.load("mnist-small").limit(384, 128)
     cfg = TrainConfig(epochs=2, batch_size=64, progress=False, interval=2, warmup_epochs=0.5,
-                      ld_options={"stop": 1.0})
+                      ld_options={"stop": 1.0, "tolerance": 1.0})
     kinds = ("none", "learn-and-drop", "stochastic-depth")
     alone = {k: TrainRun(tiny_resnet, d, cfg, k) for k in kinds}
     for r in alone.values():
@@ -205,7 +206,7 @@ BAD = [  # (argv, regex the one stderr line must match)
     (["run", "--epochs", "three"], r"--epochs: expected an integer >= 1, got 'three'"),
     (["run", "--batch-size", "-8"], r"--batch-size: must be >= 1, got -8"),
     (["run", "--lr", "0"], r"--lr: must be a finite number > 0, got 0"),
-    (["run", "--model", "resnet5"], r"unknown model 'resnet5': did you mean resnet50.*torchvision"),
+    (["run", "--model", "resnet5"], r"unknown model 'resnet5': did you mean resnet5[06]\?.*resnet50.*torchvision"),
     (["run", "--model", "nosuchpkg.nets:make"], r"cannot import module 'nosuchpkg.nets'.*PYTHONPATH"),
     (["run", "--model", "tests.models:tiny_resnt"], r"no callable 'tiny_resnt'; did you mean tiny_resnet\?"),
     (["run", "--data-dir", "no/such/dir"], r"--data-dir no/such/dir: no such directory"),
@@ -229,7 +230,7 @@ BAD = [  # (argv, regex the one stderr line must match)
      r"never= names unknown units \['layer9'\]; `fxdrop units --model tests.models:tiny_resnet` lists"),
     (["run", "--dataset", "cifar10"], r"--dataset cifar10: CIFAR-10 is read from a local directory: pass --data-dir"),
     (["run", "--model", "tests.models"], r"unknown model 'tests.models'.*package.module:factory"),
-    (["units", "--model", "resnet5"], r"fxdrop units: error: unknown model 'resnet5': did you mean resnet50"),
+    (["units", "--model", "resnet5"], r"fxdrop units: error: unknown model 'resnet5': did you mean resnet5[06]\?.*resnet50"),
     (["units", "--model", "vgg11", "--input-size", "8"], r"fxdrop units: error: --model vgg11 cannot run on 8x8 "
                                                           r"inputs .*larger --input-size"),
 ]

@@ -34,7 +34,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False) 
             from tests.models import narrow_resnet18
 
             model = narrow_resnet18(width=16)
-        pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=30, stop=0.3)
+        pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=30, stop=0.3, tolerance=1.0)
         net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, 32, 32),), policy=pol)
         ddp = DistributedDropNet(net)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)

@@ -40,7 +40,7 @@ def test_callback_drops_logs_and_checkpoints(tmp_path, full):
     lit = LitNet(full)
     keys = list(lit.state_dict())
     cb = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),),
-                        policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3))
+                        policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3, tolerance=1.0))
     logger = pl.loggers.CSVLogger(tmp_path)
     trainer = pl.Trainer(max_epochs=4, callbacks=[cb], logger=logger, enable_progress_bar=False, log_every_n_steps=1,
                          enable_model_summary=False, default_root_dir=tmp_path)
@@ -55,7 +55,7 @@ def test_callback_drops_logs_and_checkpoints(tmp_path, full):
     assert state["drop_state"]["dropped"] == cb.net.dropped
     lit2 = LitNet(full)
     cb2 = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),),
-                         policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3))
+                         policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3, tolerance=1.0))
     trainer2 = pl.Trainer(max_epochs=5, callbacks=[cb2], logger=False, enable_progress_bar=False,
                           enable_model_summary=False, default_root_dir=tmp_path)
     trainer2.fit(lit2, _loader(), ckpt_path=ckpt)

@@ -154,9 +154,10 @@ def test_never_must_name_units():
         _net(fxdrop.LearnAndDrop(never=["nope"]))
 
 
-def test_learn_and_drop_on_real_training_drops_and_records_scores():
+@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="resnet18")])
+def test_learn_and_drop_on_real_training_drops_and_records_scores(full):
     pol = fxdrop.LearnAndDrop(interval=5, warmup=20, total_steps=80, stop=0.3)
-    net, x = _net(pol, full=True)  # the real torchvision ResNet-18
+    net, x = _net(pol, full=full)  # the slow tier trains the real torchvision ResNet-18
     _train(net, x, 80)
     assert net.dropped, "a network that has memorised its batch should have dropped units"
     assert pol.events and all(s % 5 == 0 and s >= 20 for s, _ in pol.events)

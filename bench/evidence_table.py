@@ -79,21 +79,25 @@ def plot(data: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     n = len(data)
-    fig, axes = plt.subplots(1, n, figsize=(6.2 * n, 5.2), squeeze=False)
-    markers = "osD^v<>pP*Xh"
+    fig, axes = plt.subplots(1, n, figsize=(5.6 * n + 3.2, 5.2), squeeze=False)
+    markers = "osD^v<>pP*XhH"
+    labels = list(dict.fromkeys(label for arms in data.values() for label in arms))
+    colors = {label: plt.cm.tab20(i % 20) for i, label in enumerate(labels)}  # one colour per arm
     for ax, ((model, dataset, epochs), arms) in zip(axes[0], data.items()):
-        for i, (label, rows) in enumerate(arms.items()):
+        for label, rows in arms.items():
+            i = labels.index(label)
             xs, ys = [r["rel_time"] for r in rows], [r["acc"] for r in rows]
             mx, my = statistics.mean(xs), statistics.mean(ys)
             ex = statistics.stdev(xs) if len(xs) > 1 else 0
             ey = statistics.stdev(ys) if len(ys) > 1 else 0
             ax.errorbar(mx, my, xerr=ex, yerr=ey, fmt=markers[i % len(markers)], capsize=3, markersize=8,
-                        label=f"{label} (n={len(rows)})")
+                        color=colors[label], label=label)
         ax.set_xlabel("training CPU time / full network's (lower is faster)", fontsize=10)
         ax.set_ylabel("test accuracy %", fontsize=10)
         ax.set_title(f"{model} on {dataset}, {epochs} epochs", fontsize=11)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+    handles, names = axes[0][-1].get_legend_handles_labels()
+    axes[0][-1].legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Accuracy against training time (mean ± std over seeds; up and left is better)", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -166,7 +166,9 @@ def test_slowed_arm_cannot_move_cpu_speedup(capsys, monkeypatch, one_thread):
     monkeypatch.setenv("FXDROP_TEST_SLOW_ARM", "none:0.03")  # 32 steps: about +1 s on the full arm
     slowed, err = speedup()
     assert slowed["wall"] > 2 * plain["wall"], "the hook did not slow the full arm"
-    assert slowed["cpu"] == pytest.approx(plain["cpu"], rel=TIMING_NOISE)
+    # a 32-step tiny run measures about 1 s of CPU per arm: its own repeat noise reached 11% here (1.05x vs
+    # 1.17x in two idle runs), so the bound is twice the documented noise; the sleep moves wall by > 100%
+    assert slowed["cpu"] == pytest.approx(plain["cpu"], rel=2 * TIMING_NOISE)
     assert slowed["flops"] == plain["flops"]
     assert re.search(r"warning: learn-and-drop: wall-time speed-up .* and CPU-time speed-up .* differ by more than 11%", err)
 

@@ -3,9 +3,14 @@ residual units of a wrapped model."""
 
 from __future__ import annotations
 
+import math
+
+import torch
+
 from .errors import FxdropError
 from .module import DropNet
 from .rewrite import bypass, insert_stochastic_depth, scale_branches
+from .shapes import FLOPS_KEY
 
 __all__ = ["apply_stochastic_depth", "ProgressiveLayerDrop"]
 
@@ -49,10 +54,6 @@ class ProgressiveLayerDrop:
 
     def __init__(self, net: DropNet, total_steps: int, theta_bar: float = 0.5, gamma: float | None = None,
                  seed: int = 0):
-        import math
-
-        import torch
-
         if not 0 < theta_bar <= 1:
             raise ValueError(f"ProgressiveLayerDrop: theta_bar must be in (0, 1], got {theta_bar}")
         if total_steps < 1:
@@ -67,10 +68,9 @@ class ProgressiveLayerDrop:
         self.steps = 0
         self.flops_fraction = 1.0
         self._cache: dict = {}
-        self._exp = math.exp
 
     def theta(self, step: int) -> float:
-        return (1 - self.theta_bar) * self._exp(-self.gamma * step) + self.theta_bar
+        return (1 - self.theta_bar) * math.exp(-self.gamma * step) + self.theta_bar
 
     def keep_probs(self, step: int) -> list[float]:
         L = len(self.units)
@@ -78,10 +78,6 @@ class ProgressiveLayerDrop:
         return [1 - (i + 1) / L * (1 - th) for i in range(L)]
 
     def _graph(self):
-        import torch
-
-        from .shapes import FLOPS_KEY
-
         probs = [round(p, 2) for p in self.keep_probs(self.steps)]
         draws = torch.rand(len(self.units), generator=self.generator).tolist()
         kept = tuple(d < p for d, p in zip(draws, probs))
@@ -89,9 +85,8 @@ class ProgressiveLayerDrop:
         hit = self._cache.get(key)
         if hit is None:
             full = self.net.full_graph_module
-            keep_units = [u for u, k in zip(self.units, kept) if k]
-            scaled = scale_branches(full, [u.sites["train"] for u in keep_units],
-                                    [1 / p for (u, k), p in zip(zip(self.units, kept), probs) if k]).graph_module
+            keep = [(u, p) for u, k, p in zip(self.units, kept, probs) if k]
+            scaled = scale_branches(full, [u.sites["train"] for u, _ in keep], [1 / p for _, p in keep]).graph_module
             gm = bypass(scaled, [u.sites["train"] for u, k in zip(self.units, kept) if not k]).graph_module
             frac = sum(n.meta.get(FLOPS_KEY, 0) for n in gm.graph.nodes) / max(self.net.full_flops("train"), 1)
             hit = self._cache[key] = (gm, frac)

@@ -490,18 +490,21 @@ class DropNet(nn.Module):
         """Forward FLOPs of the current graph for the example input (train graph unless in eval mode)."""
         self._require_units()
         mode = mode or ("train" if self.training else "eval")
-        gm = self._current[mode]
-        cached = self._flops_cache.get(mode)
-        if cached is None or cached[0] is not gm:  # training loops ask every step: sum once per graph
-            cached = (gm, sum(n.meta.get(FLOPS_KEY, 0) for n in gm.graph.nodes))
-            self._flops_cache[mode] = cached
-        return cached[1]
+        return self._graph_flops(mode, self._current[mode])
 
     def full_flops(self, mode: str | None = None) -> int:
         """Forward FLOPs with every unit in place."""
         self._require_units()
         mode = mode or ("train" if self.training else "eval")
-        return sum(n.meta.get(FLOPS_KEY, 0) for n in self._full[mode].graph.nodes)
+        return self._graph_flops("full " + mode, self._full[mode])
+
+    def _graph_flops(self, key: str, gm: fx.GraphModule) -> int:
+        # training loops and policies ask every step: sum once per graph
+        cached = self._flops_cache.get(key)
+        if cached is None or cached[0] is not gm:
+            cached = (gm, sum(n.meta.get(FLOPS_KEY, 0) for n in gm.graph.nodes))
+            self._flops_cache[key] = cached
+        return cached[1]
 
     def summary(self, tablefmt: str = "simple") -> str:
         """A table of the units (name, kind, parameters, FLOPs share, state), made with tabulate."""

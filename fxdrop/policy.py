@@ -13,13 +13,11 @@ import logging
 import math
 import random
 import time
-
-import torch
 import warnings
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .distributed import agree
-from .probe import Probe, drop_cost, recalibrate_batchnorm
+from .probe import Probe, drop_cost, leading_rows, recalibrate_batchnorm
 from .scores import ScoreTracker
 
 if TYPE_CHECKING:
@@ -188,7 +186,7 @@ class LearnAndDrop(Policy):
         self.probe = Probe(probe_batches, probe_samples, stride=max(1, interval // probe_batches))
         self.tracker: ScoreTracker | None = None
         self._lr_sum, self._lr_n = 0.0, 0
-        self._frac_sum, self._frac_n = 0.0, 0  # forward-FLOPs fraction summed over the steps so far
+        self._frac_sum = 0.0  # forward-FLOPs fraction summed over the steps so far
         self.backoff: dict[str, tuple[int, int]] = {}  # unit -> (retry at step, intervals to wait next)
         self.checks: list[dict] = []  # every check: step, units, cost, disagreement, kl, accepted
         self.check_seconds = 0.0  # wall time spent in checks and BatchNorm re-estimation
@@ -198,8 +196,7 @@ class LearnAndDrop(Policy):
         self._lr_n += 1
 
     def observe_inputs(self, step: int, args: tuple, kwargs: dict) -> None:
-        first = next((a for a in args if isinstance(a, torch.Tensor) and a.dim() > 0), None)
-        self.train_rows += int(first.shape[0]) if first is not None else 1
+        self.train_rows += leading_rows(args, kwargs)
         if self.check or self.recalibrate:
             self.probe.offer(step, args, kwargs)
 
@@ -242,7 +239,6 @@ class LearnAndDrop(Policy):
             return []
         full = max(self.net.full_flops("train"), 1)
         self._frac_sum += (self.net.flops("train") if self.action == "drop" else full) / full
-        self._frac_n += 1
         if step % self.interval:
             return []
         live = self.live()
@@ -367,10 +363,9 @@ class LearnAndDrop(Policy):
         sd = super().state_dict()
         sd["tracker"] = self.tracker.state_dict() if self.tracker is not None else None
         sd["lr"] = (self._lr_sum, self._lr_n)
-        sd["flops"] = (self._frac_sum, self._frac_n)
+        sd["flops"] = self._frac_sum
         sd["backoff"] = {k: list(v) for k, v in self.backoff.items()}
-        sd["probe"] = {"held": list(self.probe.held), "targets": list(self.probe.targets),
-                       "steps": list(self.probe.steps), "next": self.probe._next}
+        sd["probe"] = self.probe.state_dict()
         sd["checks"] = [dict(c) for c in self.checks]
         sd["check_seconds"] = self.check_seconds
         sd["rows"] = (self.train_rows, self.check_rows)
@@ -381,13 +376,9 @@ class LearnAndDrop(Policy):
         if sd.get("tracker") is not None and self.tracker is not None:
             self.tracker.load_state_dict(sd["tracker"])
         self._lr_sum, self._lr_n = sd.get("lr", (0.0, 0))
-        self._frac_sum, self._frac_n = sd.get("flops", (0.0, 0))
+        self._frac_sum = float(sd.get("flops", 0.0))
         self.backoff = {k: (int(v[0]), int(v[1])) for k, v in sd.get("backoff", {}).items()}
-        probe = sd.get("probe") or {}
-        self.probe.held = [(tuple(a), dict(k)) for a, k in probe.get("held", [])]
-        self.probe.targets = list(probe.get("targets", [None] * len(self.probe.held)))
-        self.probe.steps = [int(s) for s in probe.get("steps", [0] * len(self.probe.held))]
-        self.probe._next = int(probe.get("next", 0))
+        self.probe.load_state_dict(sd.get("probe") or {})
         self.checks = [dict(c) for c in sd.get("checks", [])]
         self.check_seconds = float(sd.get("check_seconds", 0.0))
         self.train_rows, self.check_rows = (int(v) for v in sd.get("rows", (0, 0)))

@@ -34,7 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-__all__ = ["Probe", "DropCost", "drop_cost", "recalibrate_batchnorm", "preserved_state"]
+__all__ = ["Probe", "DropCost", "drop_cost", "recalibrate_batchnorm", "preserved_state", "leading_rows"]
+
+
+def leading_rows(args: Any, kwargs: Any = None) -> int:
+    """Rows of a call's inputs: the leading dimension of its first tensor with one (1 if none)."""
+    first = next((a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor) and a.dim() > 0), None)
+    return int(first.shape[0]) if first is not None else 1
 
 
 class Probe:
@@ -89,14 +95,20 @@ class Probe:
     @property
     def rows(self) -> int:
         """Rows held over all batches (the first tensor input's leading dimension)."""
-        total = 0
-        for args, kwargs in self.held:
-            first = next((a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor) and a.dim() > 0), None)
-            total += int(first.shape[0]) if first is not None else 1
-        return total
+        return sum(leading_rows(args, kwargs) for args, kwargs in self.held)
 
     def __iter__(self) -> Iterator[tuple[tuple[Any, ...], dict[str, Any]]]:
         return iter(self.held)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The held batches, their labels and steps, and the ring position (for exact resume)."""
+        return {"held": list(self.held), "targets": list(self.targets), "steps": list(self.steps), "next": self._next}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.held = [(tuple(a), dict(k)) for a, k in sd.get("held", [])]
+        self.targets = list(sd.get("targets", [None] * len(self.held)))
+        self.steps = [int(s) for s in sd.get("steps", [0] * len(self.held))]
+        self._next = int(sd.get("next", 0))
 
     def clear(self) -> None:
         self.held, self.targets, self.steps, self._next = [], [], [], 0

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -20,6 +20,8 @@ from torch import nn
 if TYPE_CHECKING:
     from .module import DropNet
 
+T = TypeVar("T")
+
 __all__ = ["agree", "DistributedDropNet"]
 
 
@@ -27,11 +29,12 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def agree(names: list[str]) -> list[str]:
-    """Rank 0's ``names`` on every rank (identity when not distributed)."""
+def agree(names: T) -> T:
+    """Rank 0's ``names`` (any picklable value: a list of unit names, a dict of fades) on every rank
+    (identity when not distributed)."""
     if not _active():
         return names
-    box = [list(names)]
+    box = [names]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from .errors import DropStateError, NotInitializedError, TraceError, UnitError
-from .rewrite import bypass
+from .rewrite import blend, bypass
 from .shapes import FLOPS_KEY, propagate
 from .trace import ModelSnapshot, TraceResult, trace
 from .units import Unit, find_units
@@ -70,7 +70,7 @@ class DropNet(nn.Module):
         self._compile_options: dict[str, Any] | None = (
             dict(compile) if isinstance(compile, dict) else ({} if compile else None)
         )
-        self._compiled: dict[tuple[str, tuple[str, ...]], Callable[..., Any]] = {}
+        self._compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
         self._flops_cache: dict[str, tuple[fx.GraphModule, int]] = {}
         self.compile_count = 0
         self._baked: dict[str, tuple[int, Any]] = {}  # auto-concrete arguments: name -> (position, value)
@@ -86,6 +86,7 @@ class DropNet(nn.Module):
         self._build_graph_modules()
         self._units: list[Unit] | None = None
         self._by_name: dict[str, Unit] = {}
+        self._fades: dict[str, float] = {}  # unit -> weight of its output while it fades out (1 = whole unit)
         self._drop_listeners: list[Callable[..., None]] = []
         self.policy = policy
         self.steps = 0
@@ -304,6 +305,7 @@ class DropNet(nn.Module):
                 warnings.warn(f"fxdrop: unit {u.name!r} is already dropped", stacklevel=2)
                 continue
             u.dropped = True
+            self._fades.pop(u.name, None)
             changed.append(u.name)
         if changed:
             self._rewrite()
@@ -340,21 +342,57 @@ class DropNet(nn.Module):
         self._drop_listeners.append(fn)
         return fn
 
-    def candidate_graph(self, names: Iterable[str] = (), mode: str = "train") -> fx.GraphModule:
-        """The ``mode`` graph with ``names`` bypassed besides the units dropped now, without changing
-        anything (a pure rewrite sharing this model's parameters): what a drop would run, for checks."""
+    def fade(self, name: str, alpha: float) -> None:
+        """Run unit ``name`` as ``entry + alpha * (unit(entry) - entry)``: 1 is the whole unit (the fade is
+        removed), 0 its bypass (use :meth:`drop`, which saves the compute). Lowering ``alpha`` over a few
+        steps before a drop lets the rest of the network take over the unit's work; the unit still runs and
+        learns meanwhile. Each new ``alpha`` is a graph rewrite: change it at a few steps, not every step."""
+        u = self.unit(name)
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0 <= alpha <= 1:
+            raise ValueError(f"fxdrop: fade weight for {name!r} must be a number in [0, 1], got {alpha!r}")
+        if u.dropped:
+            raise UnitError(f"unit {name!r} is dropped; restore it before fading it")
+        if alpha >= 1:
+            changed = self._fades.pop(u.name, None) is not None
+        else:
+            changed = self._fades.get(u.name) != float(alpha)
+            self._fades[u.name] = float(alpha)
+        if changed:
+            self._rewrite()
+
+    @property
+    def fading(self) -> dict[str, float]:
+        """The units being faded out and their current weight (see :meth:`fade`)."""
+        return dict(self._fades)
+
+    def candidate_graph(self, names: Iterable[str] = (), mode: str = "train",
+                        fades: dict[str, float] | None = None) -> fx.GraphModule:
+        """The ``mode`` graph with ``names`` bypassed besides the units dropped now and the current fades
+        with ``fades`` laid over them (weight 1 removes a fade), without changing anything (a pure rewrite
+        sharing this model's parameters): what a drop or a fade step would run, for checks."""
         names = {self.unit(n).name for n in names}  # unknown names raise UnitError
-        sites = [u.sites[mode] for u in self._require_units() if u.dropped or u.name in names]
-        return bypass(self._full[mode], sites).graph_module
+        weights = dict(self._fades)
+        for n, a in (fades or {}).items():
+            weights[self.unit(n).name] = float(a)
+        return self._graph(mode, names | set(self.dropped), {k: a for k, a in weights.items() if a < 1})
+
+    def _graph(self, mode: str, drop: set[str], fades: dict[str, float]) -> fx.GraphModule:
+        """The full ``mode`` graph with ``drop`` bypassed and the other units in ``fades`` blended."""
+        units = self._require_units()
+        result = bypass(self._full[mode], [u.sites[mode] for u in units if u.name in drop])
+        fading = [u for u in units if u.name in fades and u.name not in drop]
+        if not fading:
+            return result.graph_module
+        return blend(result.graph_module, [u.sites[mode] for u in fading], [fades[u.name] for u in fading],
+                     result.replaced).graph_module
 
     def _rewrite(self) -> None:
-        units = self._require_units()
+        dropped = set(self.dropped)
         for mode in MODES:
             if mode == "eval" and self._traced.same_graph:
                 self._current["eval"] = self._current["train"]
                 continue
-            sites = [u.sites[mode] for u in units if u.dropped]
-            self._current[mode] = bypass(self._full[mode], sites).graph_module
+            self._current[mode] = self._graph(mode, dropped, self._fades)
 
     def freeze(self, *names: str) -> list[str]:
         """Freeze the named units instead of dropping them (the freezing baseline): their parameters
@@ -430,6 +468,7 @@ class DropNet(nn.Module):
             "units": [u.name for u in units],
             "dropped": [u.name for u in units if u.dropped],
             "frozen": [u.name for u in units if u.frozen],
+            "fading": dict(self._fades),
             "steps": self.steps,
             "scores": {u.name: [dict(s) for s in u.scores] for u in units},
             "policy": None if self.policy is None else {"type": type(self.policy).__name__,
@@ -455,10 +494,14 @@ class DropNet(nn.Module):
                 f"the drop state holds a {pol['type']} policy state but this wrapper has "
                 f"{type(self.policy).__name__ if self.policy else 'no policy'}; pass the same policy to fxdrop.wrap"
             )
+        stray = sorted(set(state.get("fading") or {}) - set(ours))
+        if stray:
+            raise DropStateError(f"this drop state fades units {stray} that this {type(self._model).__name__} does not have")
         self.unfreeze(*[u.name for u in units if u.frozen])
         for u in units:
             u.dropped = u.name in state["dropped"]
             u.scores[:] = [dict(s) for s in state["scores"].get(u.name, [])]  # keep node.meta's link
+        self._fades = {k: float(v) for k, v in (state.get("fading") or {}).items()}
         self._rewrite()
         for u in units:
             if u.dropped:
@@ -528,7 +571,7 @@ class DropNet(nn.Module):
         gm = self._current[mode]
         if self._compile_options is None:
             return gm
-        key = (mode if not self._traced.same_graph else "train", tuple(self.dropped))
+        key = (mode if not self._traced.same_graph else "train", tuple(self.dropped), tuple(sorted(self._fades.items())))
         fn = self._compiled.get(key)
         if fn is None:
             fn = torch.compile(gm, **self._compile_options)

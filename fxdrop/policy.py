@@ -71,12 +71,16 @@ class Policy:
         names = self._decide(step)
         if self.may_decide(step):  # a collective only where a decision can happen, not every step
             names = agree(names)
+            self._agree()
         if names:
             self.events.append((step, list(names)))
         return names
 
     def _decide(self, step: int) -> list[str]:
         return []
+
+    def _agree(self) -> None:
+        """Make any other decision state rank 0's (called where :meth:`decide` broadcasts its names)."""
 
     def may_decide(self, step: int) -> bool:
         """Whether ``step`` can bring a decision (the same answer on every rank). The default, for
@@ -141,6 +145,8 @@ class LearnAndDrop(Policy):
         recalibrate: bool = True,
         final_fraction: float = 0.1,
         check_budget: float = 0.05,
+        probation: int = 3,
+        shock: float = 0.05,
         never: Iterable[str] = (),
         action: str = "drop",
     ):
@@ -170,6 +176,9 @@ class LearnAndDrop(Policy):
             ("recalibrate", recalibrate, isinstance(recalibrate, bool), "True or False"),
             ("final_fraction", final_fraction, _num(final_fraction) and 0 <= final_fraction < 1, "in [0, 1)"),
             ("check_budget", check_budget, _num(check_budget) and check_budget > 0, "> 0"),
+            ("probation", probation, isinstance(probation, int) and not isinstance(probation, bool) and probation >= 0,
+             "an int >= 0"),
+            ("shock", shock, _num(shock) and 0 <= shock <= 1, "in [0, 1]"),
         ]
         for name, value, ok, what in checks:
             if not ok:
@@ -180,6 +189,11 @@ class LearnAndDrop(Policy):
         self.stop, self.tolerance, self.target_speedup = stop, tolerance, target_speedup
         self.check, self.recalibrate, self.final_fraction = check, recalibrate, final_fraction
         self.check_budget = check_budget
+        self.probation = probation if action == "drop" else 0  # a frozen unit still runs: nothing to recover
+        self.shock = shock
+        self.on_probation: dict[str, int] = {}  # units dropped on probation -> step of their lasting-cost check
+        self.restored: list[tuple[int, list[str]]] = []  # (step, names) of every cohort put back after probation
+        self._restored_now: list[str] = []
         # compute spent on checks vs training, in rows through the network (a training row costs about
         # three forward rows: forward and backward): deterministic, so resumed runs decide alike
         self.train_rows, self.check_rows = 0, 0
@@ -241,6 +255,7 @@ class LearnAndDrop(Policy):
         self._frac_sum += (self.net.flops("train") if self.action == "drop" else full) / full
         if step % self.interval:
             return []
+        self._restored_now = []
         live = self.live()
         lr = self._lr_sum / self._lr_n if self._lr_n else 1.0
         self._lr_sum, self._lr_n = 0.0, 0
@@ -249,6 +264,10 @@ class LearnAndDrop(Policy):
         for u in live:
             if u.name in scores:
                 u.scores.append({"step": step, **scores[u.name]})
+        if self.on_probation:  # one cohort on probation at a time: judge it before choosing more
+            if step >= max(self.on_probation.values()):
+                self._end_probation(step)
+            return []
         if step < self.warmup:
             return []
         if self.total_steps is not None and step > (1 - self.final_fraction) * self.total_steps:
@@ -275,9 +294,65 @@ class LearnAndDrop(Policy):
         else:
             chosen = self._within_budget(cands, step)
         for name in chosen:
-            self.tracker.forget(name)
             self.backoff.pop(name, None)
+        for name in chosen:
+            if self.check and self.probation and len(self.probe):
+                self.on_probation[name] = step + self.probation * self.interval
+            else:
+                self.tracker.forget(name)
         return chosen
+
+    def _end_probation(self, step: int) -> None:
+        """Judge the cohort dropped ``probation`` intervals ago, now that the rest of the network has
+        trained without it: its *lasting* cost is that of the network as it is against the same network
+        with the cohort put back (current weights, the cohort's as they were when dropped). Within
+        ``tolerance`` the drop stands; above it the cohort is restored (the check measured the network to
+        be better with it) and waits like a refused unit."""
+        assert self.net is not None
+        net, names = self.net, list(self.on_probation)
+        self.on_probation.clear()
+        self._restored_now = []
+        if not len(self.probe):
+            return
+        t0 = time.perf_counter()
+        back = self._graph_without(names)
+        (c,) = drop_cost(net.model, back, [net.candidate_graph([], "train")], self.probe, step)
+        self.check_rows += 2 * self.probe.rows
+        accepted = c.cost <= self.tolerance
+        self._record(step, [net.unit(n) for n in names], c, accepted, stage="probation")
+        if accepted:
+            for n in names:
+                self.tracker.forget(n)
+        else:
+            net.restore(*names)
+            self._restored_now = list(names)
+            for n in names:
+                self._reject(n, step)
+            self.restored.append((step, names))
+            if self.recalibrate:
+                recalibrate_batchnorm(net.model, net.candidate_graph([], "train"), self.probe)
+                self.check_rows += self.probe.rows
+            log.warning("fxdrop: step %d: %s still cost %.3f > tolerance %.3f after %d intervals without them; "
+                        "restored", step, names, c.cost, self.tolerance, self.probation)
+        self.check_seconds += time.perf_counter() - t0
+
+    def _agree(self) -> None:
+        # a restore after probation is decided from this rank's held batches: make rank 0's decision the
+        # decision of every rank, like the drops
+        assert self.net is not None
+        mine = self._restored_now
+        kept, back = agree((dict(self.on_probation), list(mine)))
+        self.on_probation = kept
+        if set(back) != set(mine):
+            undo = [n for n in mine if n not in back]
+            if undo:
+                self.net.drop(*undo)
+            self.net.restore(*[n for n in back if self.net.unit(n).dropped])
+
+    def _graph_without(self, names: Sequence[str]):
+        """The train graph with ``names`` put back (the other dropped units stay dropped)."""
+        assert self.net is not None
+        return self.net._graph("train", set(self.net.dropped) - set(names), self.net.fading)
 
     def _stopped_learning(self, s: dict[str, float]) -> bool:
         if self.stop is not None and s["plateau"] <= self.stop:
@@ -311,44 +386,62 @@ class LearnAndDrop(Policy):
         self.backoff[name] = (step + wait * self.interval, min(2 * wait, 64))
 
     def _checked(self, cands: Sequence, step: int) -> list[str]:
-        """Measure each candidate's drop cost on the probe, keep the cheap ones, then add them cheapest
-        per FLOP first while the set's cost stays within ``tolerance`` (docs/method.md)."""
+        """Check the candidates on the probe and return the ones to drop now (docs/method.md): all of
+        them if their joint drop passes, else those that pass alone, added cheapest per FLOP first while
+        the set still passes. With ``probation`` a drop passes when it changes at most ``shock`` of the
+        predictions (its lasting cost is checked after the probation); without, when its cost is within
+        ``tolerance``."""
         assert self.net is not None
         net = self.net
         current = net.graph_module if net.training else net.candidate_graph([], "train")
-        costs = drop_cost(net.model, current, [net.candidate_graph([u.name], "train") for u in cands], self.probe, step)
-        self.check_rows += (1 + len(cands)) * self.probe.rows
+
+        def measure(sets: Sequence[Sequence]) -> list:
+            costs = drop_cost(net.model, current, [net.candidate_graph([v.name for v in us], "train") for us in sets],
+                              self.probe, step)
+            self.check_rows += (1 + len(sets)) * self.probe.rows
+            return costs
+
+        def passes(c) -> bool:
+            return c.disagreement <= max(self.shock, self.tolerance) if self.probation else c.cost <= self.tolerance
+
+        def price(c) -> float:
+            return c.disagreement if self.probation else c.cost
+
+        fitting = [net.unit(n) for n in self._within_budget(cands, step)]
+        if len(fitting) > 1:  # all of them in one check first: the cheapest event when it passes
+            (c,) = measure([fitting])
+            self._record(step, fitting, c, passes(c))
+            if passes(c):
+                return [u.name for u in fitting]
         ok = []
-        for u, c in zip(cands, costs):
+        for u, c in zip(cands, measure([[u] for u in cands])):
             if u.scores and u.scores[-1].get("step") == step:
                 u.scores[-1].update(drop_cost=c.cost, drop_disagreement=c.disagreement, drop_kl=c.kl)
-            accepted = c.cost <= self.tolerance
-            self._record(step, [u], c, accepted)
-            if accepted:
+            self._record(step, [u], c, passes(c))
+            if passes(c):
                 ok.append((u, c))
             else:
                 self._reject(u.name, step)
-        ok.sort(key=lambda uc: (max(uc[1].cost, 0.0) + 1e-6) / max(uc[0].flops, 1))
+        ok.sort(key=lambda uc: (max(price(uc[1]), 0.0) + 1e-6) / max(uc[0].flops, 1))
         chosen: list = []
-        for u, c in ok:
+        for u, _ in ok:
             if not self._fits(chosen + [u], step):
                 continue
             if chosen:
                 trial = chosen + [u]
-                (tc,) = drop_cost(net.model, current, [net.candidate_graph([v.name for v in trial], "train")],
-                                  self.probe, step)
-                self.check_rows += 2 * self.probe.rows
-                accepted = tc.cost <= self.tolerance
-                self._record(step, trial, tc, accepted)
-                if not accepted:
-                    continue  # alone it was cheap; with the others too much: try it again next boundary
+                if {v.name for v in trial} == {v.name for v in fitting}:
+                    continue  # measured together above and refused
+                (c,) = measure([trial])
+                self._record(step, trial, c, passes(c))
+                if not passes(c):
+                    continue  # alone it passed, with the others not: it is tried again at a later boundary
             chosen.append(u)
         return [u.name for u in chosen]
 
-    def _record(self, step: int, units: Sequence, c, accepted: bool) -> None:
+    def _record(self, step: int, units: Sequence, c, accepted: bool, stage: int = 1) -> None:
         self.checks.append({"step": step, "units": [u.name for u in units], "cost": c.cost,
                             "disagreement": c.disagreement, "accuracy_drop": c.accuracy_drop, "kl": c.kl,
-                            "accepted": accepted})
+                            "accepted": accepted, "stage": stage})
 
     def committed(self, names: list[str]) -> None:
         """Told by the wrapper after it dropped ``names``: let BatchNorm statistics follow the new graph."""
@@ -369,6 +462,8 @@ class LearnAndDrop(Policy):
         sd["checks"] = [dict(c) for c in self.checks]
         sd["check_seconds"] = self.check_seconds
         sd["rows"] = (self.train_rows, self.check_rows)
+        sd["probation"] = dict(self.on_probation)
+        sd["restored"] = [[s, list(n)] for s, n in self.restored]
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -382,6 +477,8 @@ class LearnAndDrop(Policy):
         self.checks = [dict(c) for c in sd.get("checks", [])]
         self.check_seconds = float(sd.get("check_seconds", 0.0))
         self.train_rows, self.check_rows = (int(v) for v in sd.get("rows", (0, 0)))
+        self.on_probation = {k: int(v) for k, v in sd.get("probation", {}).items()}
+        self.restored = [(int(s), list(n)) for s, n in sd.get("restored", [])]
 
 
 def _num(v: object) -> bool:

@@ -25,7 +25,7 @@ from torch import nn
 
 from .units import UnitSite, is_inplace
 
-__all__ = ["RewriteResult", "bypass", "make_out_of_place", "insert_stochastic_depth", "scale_branches"]
+__all__ = ["RewriteResult", "bypass", "blend", "make_out_of_place", "insert_stochastic_depth", "scale_branches"]
 
 
 @dataclass
@@ -37,6 +37,8 @@ class RewriteResult:
     modified: bool
     removed: list[str] = field(default_factory=list)
     out_of_place: list[str] = field(default_factory=list)
+    # bypassed exit -> the node that stands for it now (a later pass on the result resolves names with it)
+    replaced: dict[str, str] = field(default_factory=dict)
 
 
 def _functional_twin(m: nn.Module) -> tuple[Callable, tuple] | None:
@@ -137,6 +139,52 @@ def bypass(gm: fx.GraphModule, sites: Sequence[UnitSite]) -> RewriteResult:
             graph.erase_node(node)
             result.removed.append(name)
         _protect_entry(entry, former_users, order, modules, result)
+    graph.lint()
+    result.replaced = dict(replaced)
+    result.graph_module = fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+    return result
+
+
+def blend(
+    gm: fx.GraphModule,
+    sites: Sequence[UnitSite],
+    alphas: Sequence[float],
+    replaced: dict[str, str] | None = None,
+) -> RewriteResult:
+    """Return a new ``GraphModule`` where each unit's output is ``entry + alpha * (exit - entry)``
+    (``torch.lerp``): ``alpha = 1`` is the unit, ``alpha = 0`` its bypass. For a residual unit with an
+    identity skip this scales the branch by ``alpha``; for a shape-preserving layer it mixes the layer
+    with the identity. Fading a unit out over a few steps lets the rest of the network take over its
+    work before it is bypassed. ``replaced`` (from :func:`bypass`) resolves entries that a bypass of an
+    earlier unit renamed. ``gm`` is left untouched; ends with ``lint()``.
+    """
+    if len(sites) != len(alphas):
+        raise ValueError(f"blend: {len(sites)} sites but {len(alphas)} weights")
+    if not sites:
+        return RewriteResult(gm, False)
+    graph: fx.Graph = copy.deepcopy(gm.graph)
+    modules = dict(gm.named_modules())
+    nodes = {n.name: n for n in graph.nodes}
+    replaced = replaced or {}
+    result = RewriteResult(gm, True, replaced=dict(replaced))
+    for site, alpha in zip(sites, alphas):
+        name = site.entry
+        while name in replaced:
+            name = replaced[name]
+        entry, exit_node = nodes[name], nodes[site.exit]
+        inside = [nodes[n] for n in site.nodes]
+        if any(is_inplace(n, modules) and n.args and n.args[0] is entry for n in inside):
+            # the unit overwrites its input in place: the blend reads a copy taken before it runs
+            with graph.inserting_after(entry):
+                entry = graph.call_method("clone", (entry,))
+            result.out_of_place.append(entry.name)
+        users = list(exit_node.users)
+        with graph.inserting_after(exit_node):
+            mixed = graph.call_function(torch.lerp, (entry, exit_node, float(alpha)))
+        mixed.meta = {"tensor_meta": exit_node.meta.get("tensor_meta")}
+        for u in users:
+            u.replace_input_with(exit_node, mixed)
+        result.out_of_place.append(mixed.name)
     graph.lint()
     result.graph_module = fx.GraphModule(gm, graph, class_name=type(gm).__name__)
     return result

@@ -72,6 +72,12 @@ class Scripted(fxdrop.LearnAndDrop):
             def forget(_, name):
                 pass
 
+            def state_dict(_):
+                return {}
+
+            def load_state_dict(_, sd):
+                pass
+
         self.tracker = FakeTracker()
 
 

@@ -1,0 +1,172 @@
+"""Fading a unit out (``DropNet.fade``, the ``blend`` rewrite) and the policy's fade steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fxdrop
+from fxdrop.errors import DropStateError, UnitError
+from fxdrop.rewrite import blend
+from fxdrop.units import UnitSite
+
+from .models import narrow_resnet18
+from .test_policy import Scripted, _table
+
+
+def _net(policy=None):
+    torch.manual_seed(0)
+    model = narrow_resnet18(width=16).eval()
+    x = torch.randn(4, 3, 32, 32)
+    return fxdrop.wrap(model, example_inputs=(x[:2],), policy=policy).eval(), x
+
+
+def test_fade_weights_interpolate_between_unit_and_bypass():
+    # a residual unit's output is skip + branch: weight alpha scales the branch, which is what a hook
+    # scaling the block's last BatchNorm output does to the original model
+    net, x = _net()
+    with torch.no_grad():
+        gone = net.candidate_graph(["layer4.1"], "eval")(x)
+        for alpha in (0.0, 0.25, 0.5, 1.0):
+            handle = net.model.layer4[1].bn2.register_forward_hook(lambda m, i, out: out * alpha)
+            expected = net.model(x)
+            handle.remove()
+            net.fade("layer4.1", alpha)
+            torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+            if alpha == 0.0:
+                torch.testing.assert_close(net(x), gone)
+    assert net.fading == {}  # weight 1 removes the fade
+    net.graph_module.graph.lint()
+
+
+def test_fade_next_to_a_dropped_unit_and_drop_clears_fade():
+    net, x = _net()
+    net.drop("layer1.0")  # layer1.1's entry is layer1.0's exit, erased by the bypass
+    net.fade("layer1.1", 0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net.candidate_graph(["layer1.0", "layer1.1"], "eval")(x))
+    net.fade("layer1.1", 0.5)
+    net.drop("layer1.1")
+    assert net.fading == {} and net.dropped == ["layer1.0", "layer1.1"]
+
+
+def test_fading_unit_still_learns_and_state_dict_keys_unchanged():
+    net, x = _net()
+    keys = list(net.model.state_dict())
+    net.fade("layer2.1", 0.5)
+    net.train()
+    F.cross_entropy(net(x), torch.arange(4)).backward()
+    grad = net.model.layer2[1].conv1.weight.grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert list(net.model.state_dict()) == keys
+
+
+class _InplaceFirst(nn.Module):
+    """A net whose middle unit starts with an in-place op on its own input."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1))
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.mid(self.stem(x)))
+
+
+def test_blend_of_a_region_that_overwrites_its_input_reads_a_copy():
+    # the unit finder keeps in-place ops on a unit's input out of units; blend still guards against
+    # a site that has one (a hand-made site over ReLU(inplace=True) -> conv)
+    torch.manual_seed(0)
+    model = _InplaceFirst().eval()
+    x = torch.randn(2, 3, 8, 8)
+    gm = torch.fx.symbolic_trace(model)
+    site = UnitSite(entry="stem", exit="mid_1", nodes=("mid_0", "mid_1"))
+    result = blend(gm, [site], [0.25])
+    result.graph_module.graph.lint()
+    assert any(n.target == "clone" for n in result.graph_module.graph.nodes)
+    with torch.no_grad():
+        s = model.stem(x)
+        expected = model.head(torch.lerp(s.clone(), model.mid(s.clone()), 0.25))
+        torch.testing.assert_close(result.graph_module(x), expected)
+    with pytest.raises(ValueError, match="1 sites but 2 weights"):
+        blend(gm, [site], [0.25, 0.5])
+
+
+def test_fade_bad_input_and_resume():
+    net, x = _net()
+    with pytest.raises(ValueError, match="number in \\[0, 1\\]"):
+        net.fade("layer2.1", 1.5)
+    with pytest.raises(UnitError, match="did you mean"):
+        net.fade("layer2.2", 0.5)
+    net.drop("layer3.1")
+    with pytest.raises(UnitError, match="restore it before fading"):
+        net.fade("layer3.1", 0.5)
+    net.fade("layer2.1", 0.5)
+    state = net.drop_state_dict()
+    other, _ = _net()
+    other.load_drop_state_dict(state)
+    assert other.fading == {"layer2.1": 0.5} and other.dropped == ["layer3.1"]
+    with torch.no_grad():
+        torch.testing.assert_close(other(x), net(x))
+    state["fading"] = {"layer9.9": 0.5}
+    with pytest.raises(DropStateError, match="layer9.9"):
+        other.load_drop_state_dict(state)
+    assert other.fading == {"layer2.1": 0.5}  # refused: nothing changed
+
+
+class _Cost:
+    def __init__(self, cost):
+        self.cost, self.disagreement, self.accuracy_drop, self.kl = cost, cost, None, 0.0
+
+
+def _scripted_costs(monkeypatch, costs):
+    costs = iter(costs)
+    monkeypatch.setattr(fxdrop.policy, "drop_cost",
+                        lambda model, current, candidates, probe, seed=0: [_Cost(c) for c in next(costs)])
+
+
+@pytest.mark.parametrize("lasting, restored", [(0.005, False), (0.5, True)])
+def test_probation_keeps_a_drop_that_recovered_and_restores_one_that_did_not(monkeypatch, lasting, restored):
+    # selection: the drop's shock 0.03 is within shock=0.05 though above tolerance=0.01; two intervals
+    # later the network without the unit is compared with it put back
+    _scripted_costs(monkeypatch, [[0.03], [lasting]])
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9)
+    net, x = _net(pol)
+    net.train()
+    net(x)  # the probe holds a batch
+    net.steps = 0
+    assert net.step() == ["layer1.0"] and pol.on_probation == {"layer1.0": 3}
+    assert net.step() == [] and net.dropped == ["layer1.0"]  # on probation: nothing else is chosen
+    assert net.step() == []
+    assert net.dropped == ([] if restored else ["layer1.0"]) and pol.on_probation == {}
+    assert [c["stage"] for c in pol.checks] == [1, "probation"]
+    assert pol.checks[-1]["accepted"] is not restored
+    if restored:
+        assert pol.restored == [(3, ["layer1.0"])] and pol.backoff["layer1.0"] == (4, 2)
+
+
+def test_without_probation_the_drop_itself_must_be_within_tolerance(monkeypatch):
+    _scripted_costs(monkeypatch, [[0.03]])
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=0, check_budget=1e9)
+    net, x = _net(pol)
+    net.train()
+    net(x)
+    assert pol.decide(1) == [] and pol.checks[0]["accepted"] is False
+
+
+def test_probation_state_survives_resume(monkeypatch):
+    _scripted_costs(monkeypatch, [[0.03]])
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=4, check_budget=1e9)
+    net, x = _net(pol)
+    net.train()
+    net(x)
+    net.steps = 0
+    net.step()
+    state = net.drop_state_dict()
+    pol2 = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=4, check_budget=1e9)
+    other, _ = _net(pol2)
+    other.load_drop_state_dict(state)
+    assert pol2.on_probation == {"layer1.0": 5} and other.dropped == ["layer1.0"]

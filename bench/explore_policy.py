@@ -20,4 +20,5 @@ d = r.to_dict()
 d["checks"] = getattr(pol, "checks", [])
 d["tag"]=tag
 print(json.dumps({k:d[k] for k in ("tag","wall_s","test_acc","flops_ratio","events","epoch_acc")}))
+d["command"] = "python bench/explore_policy.py " + " ".join(repr(a) if " " in a or "{" in a else a for a in sys.argv[1:])
 json.dump(d, open(f"runs/{tag}.json","w"))

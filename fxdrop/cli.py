@@ -441,13 +441,26 @@ def _cmd_units(args: argparse.Namespace) -> int:
     factory = _model_factory(args.model, args.num_classes)
     try:
         model = factory()
-        net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, args.input_size, args.input_size),))
+        net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, args.input_size, args.input_size),),
+                          level=args.level)
     except UsageError:
         raise
     except (FxdropError, RuntimeError, ValueError, TypeError) as e:
         raise _model_error(args, "run on", e, "try a larger --input-size, e.g. 224") from None
     print(net.summary())
     return 0
+
+
+def _level(text: str) -> int | str:
+    if text in ("inner", "outer"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a level: give an int >= 0, 'inner' or 'outer'")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -512,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--model", default="resnet18", help="torchvision model name or package.module:factory")
     u.add_argument("--num-classes", type=_int_at_least(1), default=1000, help="classes of the model's head")
     u.add_argument("--input-size", type=_int_at_least(1), default=224, help="side of the square example input")
+    u.add_argument("--level", type=_level, default=0,
+                   help="how coarse units are where they nest: 0 innermost (blocks; a transformer layer's attention "
+                   "and MLP), 1 one up (whole transformer layers, ResNet stages that keep their shape), 'outer'")
     u.set_defaults(func=_cmd_units)
     return p
 

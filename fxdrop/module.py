@@ -55,6 +55,7 @@ class DropNet(nn.Module):
         compile: bool | dict[str, Any] = False,
         policy: Any = None,
         verify: bool = True,
+        level: int | str = 0,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"fxdrop.wrap expects a torch.nn.Module, got {type(model).__name__}")
@@ -62,8 +63,11 @@ class DropNet(nn.Module):
             raise TypeError("this model is already wrapped by fxdrop; use it directly")
         if isinstance(model, fx.GraphModule) and not list(model.graph.nodes):
             raise TraceError("the GraphModule given to fxdrop.wrap has an empty graph")
+        if level not in ("inner", "outer") and (isinstance(level, bool) or not isinstance(level, int) or level < 0):
+            raise ValueError(f"fxdrop.wrap: level must be an int >= 0, 'inner' or 'outer', got {level!r}")
         super().__init__()
         share_module_state(self, model)
+        self._level = level
         self.__dict__["_model"] = model
         self.training = model.training
         self._verify = verify
@@ -195,7 +199,7 @@ class DropNet(nn.Module):
         for name, p in self._model.named_parameters():
             param_names.setdefault(id(p), name)
             numel[id(p)] = p.numel()
-        cands = {mode: find_units(self._full[mode]) for mode in MODES}
+        cands = {mode: find_units(self._full[mode], self._level) for mode in MODES}
         eval_by_name = {c.name_hint: c for c in cands["eval"]}
         units = []
         for c in cands["train"]:
@@ -650,6 +654,7 @@ def wrap(
     compile: bool | dict[str, Any] = False,
     policy: Any = None,
     verify: bool = True,
+    level: int | str = 0,
 ) -> DropNet:
     """Trace ``model`` into a droppable graph and return a :class:`DropNet` sharing its parameters.
 
@@ -658,6 +663,9 @@ def wrap(
     opaque; submodules that cannot be traced are made leaves automatically. ``compile=True`` (or a dict
     of ``torch.compile`` options) runs every graph through ``torch.compile``, once per graph.
     ``verify`` checks that the traced graph reproduces the model's eval output on the example inputs.
+    ``level`` picks how coarse units are where they nest (:func:`fxdrop.units.find_units`): 0 the
+    innermost (a block; a transformer layer's attention and MLP), 1 one up (a whole transformer layer,
+    a ResNet stage that keeps its shape), ``"outer"`` the largest.
 
     >>> import torch, torchvision, fxdrop
     >>> net = fxdrop.wrap(torchvision.models.resnet18(), example_inputs=(torch.randn(1, 3, 64, 64),))
@@ -674,6 +682,7 @@ def wrap(
         compile=compile,
         policy=policy,
         verify=verify,
+        level=level,
     )
 
 

@@ -434,22 +434,36 @@ def _chain_candidates(
     return found
 
 
-def find_units(gm: fx.GraphModule) -> list[_Candidate]:
+def find_units(gm: fx.GraphModule, level: int | str = 0) -> list[_Candidate]:
     """Find unit candidates in ``gm`` (whose nodes carry ``tensor_meta`` and FLOPs, see
     :func:`fxdrop.shapes.propagate`), in graph order, with their owned parameter ids and FLOPs.
 
-    Names are assigned by :func:`name_units`; candidates that own no parameter are left out.
+    Units nest: a transformer layer holds its attention and MLP residuals, a ResNet stage that keeps
+    its shape holds its blocks. A unit's *level* is 0 when it holds no other unit, the level of the unit
+    it holds when it holds one (a residual around an MLP module), else one more than the highest level
+    it holds. ``level=k`` gives the largest units of level at most ``k`` (each region
+    once): 0 the innermost (a ResNet block, a transformer layer's MLP), 1 a whole transformer layer or a
+    ResNet stage, with the inner units standing where nothing of level ``<= k`` contains them;
+    ``"outer"`` no limit. Names are assigned by :func:`name_units`; candidates that own no parameter
+    are left out.
     """
+    depth = {"inner": 0, "outer": 1 << 30}.get(level, level) if isinstance(level, str) else level
+    if isinstance(depth, str) or isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"level must be an int >= 0, 'inner' or 'outer', got {level!r}")
     modules = dict(gm.named_modules())
     dead = _dead_nodes(gm.graph, modules)
-    residual = _innermost(_residual_candidates(gm, modules, dead))
-    covered = set().union(*(nodes for _, nodes in residual)) if residual else set()
-    chain = _chain_candidates(gm, modules, covered)
-    covered |= set().union(*(nodes for _, nodes in chain)) if chain else set()
-    module = _innermost([(c, nodes) for c, nodes in _module_candidates(gm, modules, dead) if not nodes & covered])
-    residual += module
+    if depth == 0:
+        residual = _innermost(_residual_candidates(gm, modules, dead))
+        covered = set().union(*(nodes for _, nodes in residual)) if residual else set()
+        chain = _chain_candidates(gm, modules, covered)
+        covered |= set().union(*(nodes for _, nodes in chain)) if chain else set()
+        module = _innermost([(c, nodes) for c, nodes in _module_candidates(gm, modules, dead) if not nodes & covered])
+        everything = residual + module + chain
+    else:
+        everything = (_residual_candidates(gm, modules, dead) + _module_candidates(gm, modules, dead)
+                      + _chain_candidates(gm, modules, set()))
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
-    everything = sorted(residual + chain, key=lambda cn: order[cn[0].site.exit])
+    everything.sort(key=lambda cn: order[cn[0].site.exit])
 
     users_of: dict[int, set[fx.Node]] = {}
     for n in gm.graph.nodes:
@@ -466,9 +480,37 @@ def find_units(gm: fx.GraphModule) -> list[_Candidate]:
             # constants (``_tensor_constant0``) live on the root: they say nothing about the module
             cand.module = _common_prefix([_module_path(n) for n in nodes if n.op != "get_attr"])
             cand.name_hint = cand.module
-        out.append(cand)
-    name_units(out)
-    return out
+        out.append((cand, nodes))
+    if depth > 0:
+        out = _at_level(out, depth)
+        out.sort(key=lambda cn: order[cn[0].site.exit])
+    units = [c for c, _ in out]
+    name_units(units)
+    return units
+
+
+def _at_level(found: list[tuple[_Candidate, set[fx.Node]]], depth: int) -> list[tuple[_Candidate, set[fx.Node]]]:
+    """The largest regions of level at most ``depth``, none overlapping another (see :func:`find_units`)."""
+    size = [len(nodes) for _, nodes in found]
+    inside = [[j for j, (_, other) in enumerate(found) if j != i and size[j] < size[i] and other <= nodes]
+              for i, (_, nodes) in enumerate(found)]
+    # a region holding a single unit (a residual around an MLP module) is that unit's level, not one up
+    children = [[j for j in inside[i] if not any(j in inside[k] for k in inside[i])] for i in range(len(found))]
+    height: dict[int, int] = {}
+
+    def level_of(i: int) -> int:
+        if i not in height:
+            kids = [level_of(j) for j in children[i]]
+            height[i] = 0 if not kids else max(kids) + (len(kids) > 1)
+        return height[i]
+
+    ranked = sorted((i for i in range(len(found)) if level_of(i) <= depth), key=lambda i: (-level_of(i), -size[i]))
+    kept, taken = [], set()
+    for i in ranked:
+        if not found[i][1] & taken:
+            kept.append(found[i])
+            taken |= found[i][1]
+    return kept
 
 
 def name_units(cands: list[_Candidate]) -> None:

@@ -1,0 +1,51 @@
+"""Nested units: ``wrap(..., level=k)`` picks how coarse the droppable units are."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import fxdrop
+
+from .helpers import assert_outputs_close
+
+CASES = [  # model, input side, level, expected unit names (or count and a name pattern)
+    ("resnet18", 64, 0, ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]),
+    ("resnet18", 64, 1, ["layer1", "layer2.1", "layer3.1", "layer4.1"]),
+    ("vit_b_16", 32, 1, [f"encoder.layers.encoder_layer_{i}" for i in range(12)]),
+    ("swin_t", 64, 1, [f"features.{s}.{b}" for s, n in ((1, 2), (3, 2), (5, 6), (7, 2)) for b in range(n)]),
+    ("swin_t", 64, 2, ["features.1", "features.3", "features.5", "features.7"]),
+    ("convnext_tiny", 64, "outer", ["features.1", "features.3", "features.5", "features.7"]),
+]
+
+
+def _model(name, side):
+    torch.manual_seed(0)
+    kw = {"image_size": side} if name.startswith("vit") else {}
+    return getattr(torchvision.models, name)(num_classes=10, **kw).eval()
+
+
+@pytest.mark.parametrize("name, side, level, expected", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_level_picks_the_units_of_that_level_and_they_drop(name, side, level, expected):
+    model = _model(name, side)
+    x = torch.randn(2, 3, side, side)
+    net = fxdrop.wrap(model, example_inputs=(x,), level=level).eval()
+    assert [u.name for u in net.units] == expected
+    inner = {u.name: u for u in fxdrop.wrap(model, example_inputs=(x,)).units}
+    for u in net.units:  # a coarser unit holds every finer unit it contains, parameters and FLOPs
+        held = [v for v in inner.values() if set(v.params) <= set(u.params)]
+        assert sum(v.flops for v in held) <= u.flops
+    with torch.no_grad():
+        assert_outputs_close(net(x), model(x))
+        net.drop(*expected)
+        out = net(x)
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert net.flops("eval") < net.full_flops("eval")
+
+
+def test_bad_level_is_refused_before_tracing():
+    with pytest.raises(ValueError, match="level must be an int >= 0, 'inner' or 'outer', got 'top'"):
+        fxdrop.wrap(torchvision.models.resnet18(), level="top")
+    with pytest.raises(ValueError, match="got -1"):
+        fxdrop.wrap(torchvision.models.resnet18(), level=-1)

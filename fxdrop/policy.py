@@ -386,19 +386,19 @@ class LearnAndDrop(Policy):
         self.backoff[name] = (step + wait * self.interval, min(2 * wait, 64))
 
     def _checked(self, cands: Sequence, step: int) -> list[str]:
-        """Check the candidates on the probe and return the ones to drop now (docs/method.md): all of
-        them if their joint drop passes, else those that pass alone, added cheapest per FLOP first while
-        the set still passes. With ``probation`` a drop passes when it changes at most ``shock`` of the
-        predictions (its lasting cost is checked after the probation); without, when its cost is within
-        ``tolerance``."""
+        """Check the candidates on the probe and return the ones to drop now (docs/method.md): each alone
+        (with probation, on one held batch: a screen), then the sets of the cheapest 1, 2, 4, ... per FLOP
+        of those that passed and the set of all of them, measured in one pass over the held batches; the
+        largest set that passes is dropped. With ``probation`` a drop passes when it changes at most ``shock`` of the predictions
+        (its lasting cost is checked after the probation); without, when its cost is within ``tolerance``."""
         assert self.net is not None
         net = self.net
         current = net.graph_module if net.training else net.candidate_graph([], "train")
 
-        def measure(sets: Sequence[Sequence]) -> list:
+        def measure(sets: Sequence[Sequence], probe: Probe) -> list:
             costs = drop_cost(net.model, current, [net.candidate_graph([v.name for v in us], "train") for us in sets],
-                              self.probe, step)
-            self.check_rows += (1 + len(sets)) * self.probe.rows
+                              probe, step)
+            self.check_rows += (1 + len(sets)) * probe.rows
             return costs
 
         def passes(c) -> bool:
@@ -407,14 +407,9 @@ class LearnAndDrop(Policy):
         def price(c) -> float:
             return c.disagreement if self.probation else c.cost
 
-        fitting = [net.unit(n) for n in self._within_budget(cands, step)]
-        if len(fitting) > 1:  # all of them in one check first: the cheapest event when it passes
-            (c,) = measure([fitting])
-            self._record(step, fitting, c, passes(c))
-            if passes(c):
-                return [u.name for u in fitting]
+        screen = self.probe.head(1) if self.probation else self.probe
         ok = []
-        for u, c in zip(cands, measure([[u] for u in cands])):
+        for u, c in zip(cands, measure([[u] for u in cands], screen)):
             if u.scores and u.scores[-1].get("step") == step:
                 u.scores[-1].update(drop_cost=c.cost, drop_disagreement=c.disagreement, drop_kl=c.kl)
             self._record(step, [u], c, passes(c))
@@ -423,19 +418,20 @@ class LearnAndDrop(Policy):
             else:
                 self._reject(u.name, step)
         ok.sort(key=lambda uc: (max(price(uc[1]), 0.0) + 1e-6) / max(uc[0].flops, 1))
-        chosen: list = []
+        sets: list[list] = []
         for u, _ in ok:
-            if not self._fits(chosen + [u], step):
-                continue
-            if chosen:
-                trial = chosen + [u]
-                if {v.name for v in trial} == {v.name for v in fitting}:
-                    continue  # measured together above and refused
-                (c,) = measure([trial])
+            trial = (sets[-1] if sets else []) + [u]
+            if self._fits(trial, step):
+                sets.append(trial)
+        # sizes 1, 2, 4, ... and all of them: a few forwards of the held batches whatever the candidates
+        sets = [t for i, t in enumerate(sets, 1) if i & (i - 1) == 0 or i == len(sets)]
+        known = 0 if screen is not self.probe else 1  # a single unit already measured on every held batch
+        chosen: list = sets[0] if known and sets else []
+        if len(sets) > known:
+            for trial, c in zip(sets[known:], measure(sets[known:], self.probe)):
                 self._record(step, trial, c, passes(c))
-                if not passes(c):
-                    continue  # alone it passed, with the others not: it is tried again at a later boundary
-            chosen.append(u)
+                if passes(c):
+                    chosen = trial  # the largest passing set; a set's cost need not grow with it
         return [u.name for u in chosen]
 
     def _record(self, step: int, units: Sequence, c, accepted: bool, stage: int = 1) -> None:

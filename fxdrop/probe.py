@@ -113,6 +113,13 @@ class Probe:
     def clear(self) -> None:
         self.held, self.targets, self.steps, self._next = [], [], [], 0
 
+    def head(self, batches: int) -> "Probe":
+        """A probe holding the first ``batches`` of these batches (the same tensors, not copies): a
+        cheaper, noisier check."""
+        view = Probe(self.batches, self.samples, self.stride)
+        view.held, view.targets, view.steps = self.held[:batches], self.targets[:batches], self.steps[:batches]
+        return view
+
 
 @contextlib.contextmanager
 def preserved_state(model: nn.Module, seed: int = 0) -> Iterator[Callable[[], None]]:

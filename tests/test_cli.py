@@ -96,7 +96,7 @@ from tests.models import tiny_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["run", "--model", "tests.models:tiny_resnet", "--train-limit", "512", "--test-limit", "256", "--epochs", "2",
-        "--batch-size", "64", "--no-progress", "--ld", "stop=1", "interval=2", "--warmup-epochs", "0.5", "--threads", "1"]
+        "--batch-size", "64", "--no-progress", "--ld", "stop=1", "interval=2", "probation=0", "--warmup-epochs", "0.5", "--threads", "1"]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Fading a unit out (``DropNet.fade``, the ``blend`` rewrite) and the policy's fade steps."""
+"""Fading a unit out: ``DropNet.fade`` and the ``blend`` rewrite."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from fxdrop.rewrite import blend
 from fxdrop.units import UnitSite
 
 from .models import narrow_resnet18
-from .test_policy import Scripted, _table
 
 
 def _net(policy=None):
@@ -115,58 +114,3 @@ def test_fade_bad_input_and_resume():
     with pytest.raises(DropStateError, match="layer9.9"):
         other.load_drop_state_dict(state)
     assert other.fading == {"layer2.1": 0.5}  # refused: nothing changed
-
-
-class _Cost:
-    def __init__(self, cost):
-        self.cost, self.disagreement, self.accuracy_drop, self.kl = cost, cost, None, 0.0
-
-
-def _scripted_costs(monkeypatch, costs):
-    costs = iter(costs)
-    monkeypatch.setattr(fxdrop.policy, "drop_cost",
-                        lambda model, current, candidates, probe, seed=0: [_Cost(c) for c in next(costs)])
-
-
-@pytest.mark.parametrize("lasting, restored", [(0.005, False), (0.5, True)])
-def test_probation_keeps_a_drop_that_recovered_and_restores_one_that_did_not(monkeypatch, lasting, restored):
-    # selection: the drop's shock 0.03 is within shock=0.05 though above tolerance=0.01; two intervals
-    # later the network without the unit is compared with it put back
-    _scripted_costs(monkeypatch, [[0.03], [lasting]])
-    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9)
-    net, x = _net(pol)
-    net.train()
-    net(x)  # the probe holds a batch
-    net.steps = 0
-    assert net.step() == ["layer1.0"] and pol.on_probation == {"layer1.0": 3}
-    assert net.step() == [] and net.dropped == ["layer1.0"]  # on probation: nothing else is chosen
-    assert net.step() == []
-    assert net.dropped == ([] if restored else ["layer1.0"]) and pol.on_probation == {}
-    assert [c["stage"] for c in pol.checks] == [1, "probation"]
-    assert pol.checks[-1]["accepted"] is not restored
-    if restored:
-        assert pol.restored == [(3, ["layer1.0"])] and pol.backoff["layer1.0"] == (4, 2)
-
-
-def test_without_probation_the_drop_itself_must_be_within_tolerance(monkeypatch):
-    _scripted_costs(monkeypatch, [[0.03]])
-    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=0, check_budget=1e9)
-    net, x = _net(pol)
-    net.train()
-    net(x)
-    assert pol.decide(1) == [] and pol.checks[0]["accepted"] is False
-
-
-def test_probation_state_survives_resume(monkeypatch):
-    _scripted_costs(monkeypatch, [[0.03]])
-    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=4, check_budget=1e9)
-    net, x = _net(pol)
-    net.train()
-    net(x)
-    net.steps = 0
-    net.step()
-    state = net.drop_state_dict()
-    pol2 = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=4, check_budget=1e9)
-    other, _ = _net(pol2)
-    other.load_drop_state_dict(state)
-    assert pol2.on_probation == {"layer1.0": 5} and other.dropped == ["layer1.0"]

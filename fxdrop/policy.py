@@ -112,16 +112,18 @@ class LearnAndDrop(Policy):
     most ``stop`` alone makes a candidate. With ``target_speedup`` set, every live unit is a candidate
     until the FLOPs-predicted speed-up of the run reaches the target (the budget knob).
 
-    Candidates are then **checked** on a few held training batches (:mod:`fxdrop.probe`): a unit
-    whose bypass changes more than ``tolerance`` of the predictions (arg-max, so the accuracy cannot
-    move by more) is kept and not tried again for 1, 2, 4, ... intervals; the others are dropped
-    cheapest per FLOP first while the drops of this event together stay within ``tolerance``, the
-    dropped FLOPs within ``max_drop_fraction`` and at most ``max_drops_per_event`` go at once. After a
-    drop, BatchNorm running statistics are re-estimated on the held batches (``recalibrate``), so
-    evaluation right after a drop is not run with statistics of the old graph. With ``total_steps``
-    known, nothing is dropped in the last ``final_fraction`` of the run (too late to recover) and the
-    budget counts the whole run; ``check=False`` gives the unchecked rule. Units named in ``never``
-    are kept.
+    Candidates are then **checked** on a few held training batches (:mod:`fxdrop.probe`). With
+    ``probation`` (the default, 3 intervals) a drop passes when it changes at most ``shock`` of the held
+    predictions at once; the largest passing set, cheapest per FLOP first, is dropped at once and put on
+    probation: ``probation`` intervals later, its *lasting* cost (the network as it is against the same
+    network with the set put back) must be within ``tolerance``, or the set is restored. With
+    ``probation=0`` a drop must cost at most ``tolerance`` at once. Refused and restored units are not
+    tried again for 1, 2, 4, ... intervals; the dropped FLOPs stay within ``max_drop_fraction`` and at
+    most ``max_drops_per_event`` go at once. After a drop or a restore, BatchNorm running statistics are
+    re-estimated on the held batches (``recalibrate``). Checks at a choice wait while they have used
+    ``check_budget`` of the training compute. With ``total_steps`` known, nothing is dropped in the last
+    ``final_fraction`` of the run (too late to recover) and the budget counts the whole run;
+    ``check=False`` gives the unchecked rule. Units named in ``never`` are kept.
     """
 
     def __init__(

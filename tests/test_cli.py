@@ -236,6 +236,8 @@ BAD = [  # (argv, regex the one stderr line must match)
     (["units", "--model", "resnet5"], r"fxdrop units: error: unknown model 'resnet5': did you mean resnet5[06]\?.*resnet50"),
     (["units", "--model", "vgg11", "--input-size", "8"], r"fxdrop units: error: --model vgg11 cannot run on 8x8 "
                                                           r"inputs .*larger --input-size"),
+    (["units", "--level", "top"], r"--level: 'top' is not a level: give an int >= 0, 'inner' or 'outer'"),
+    (["run", "--ld", "probation=-1"], r"--ld: LearnAndDrop: probation must be an int >= 0, got -1"),
 ]
 
 

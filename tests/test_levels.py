@@ -14,9 +14,11 @@ CASES = [  # model, input side, level, expected unit names (or count and a name 
     ("resnet18", 64, 0, ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]),
     ("resnet18", 64, 1, ["layer1", "layer2.1", "layer3.1", "layer4.1"]),
     ("vit_b_16", 32, 1, [f"encoder.layers.encoder_layer_{i}" for i in range(12)]),
-    ("swin_t", 64, 1, [f"features.{s}.{b}" for s, n in ((1, 2), (3, 2), (5, 6), (7, 2)) for b in range(n)]),
-    ("swin_t", 64, 2, ["features.1", "features.3", "features.5", "features.7"]),
-    ("convnext_tiny", 64, "outer", ["features.1", "features.3", "features.5", "features.7"]),
+    pytest.param("swin_t", 64, 1, [f"features.{s}.{b}" for s, n in ((1, 2), (3, 2), (5, 6), (7, 2)) for b in range(n)],
+                 marks=pytest.mark.slow),
+    pytest.param("swin_t", 64, 2, ["features.1", "features.3", "features.5", "features.7"], marks=pytest.mark.slow),
+    pytest.param("convnext_tiny", 64, "outer", ["features.1", "features.3", "features.5", "features.7"],
+                 marks=pytest.mark.slow),
 ]
 
 
@@ -26,7 +28,12 @@ def _model(name, side):
     return getattr(torchvision.models, name)(num_classes=10, **kw).eval()
 
 
-@pytest.mark.parametrize("name, side, level, expected", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def _id(case) -> str:
+    values = case.values if hasattr(case, "values") else case
+    return f"{values[0]}-{values[2]}"
+
+
+@pytest.mark.parametrize("name, side, level, expected", CASES, ids=[_id(c) for c in CASES])
 def test_level_picks_the_units_of_that_level_and_they_drop(name, side, level, expected):
     model = _model(name, side)
     x = torch.randn(2, 3, side, side)

@@ -22,7 +22,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False, disagree: bool = False) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=__import__("datetime").timedelta(seconds=60))
@@ -34,7 +34,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False) 
             from tests.models import narrow_resnet18
 
             model = narrow_resnet18(width=16)
-        pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=30, stop=0.3, tolerance=1.0)
+        pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=30, stop=0.3, tolerance=1.0, probation=1)
+        if disagree and rank == 1:
+            pol.tolerance = -1.0  # this rank alone would restore every cohort after its probation
         net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, 32, 32),), policy=pol)
         ddp = DistributedDropNet(net)
         opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
@@ -47,7 +49,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False) 
             F.cross_entropy(ddp(x), y).backward()
             opt.step()
             ddp.step(opt)
-        torch.save({"dropped": net.dropped, "events": pol.events, "rebuilds": ddp.rebuilds,
+        torch.save({"dropped": net.dropped, "events": pol.events, "rebuilds": ddp.rebuilds, "checks": pol.checks,
                     "params": {k: v.detach().clone() for k, v in net.named_parameters()}},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -55,13 +57,20 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False) 
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="resnet18")])
-def test_ddp_gloo_two_ranks(tmp_path, full):
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), full), nprocs=2, join=True, start_method="spawn")
+@pytest.mark.parametrize("full, disagree", [(False, False), (False, True),
+                                            pytest.param(True, False, marks=pytest.mark.slow, id="resnet18")])
+def test_ddp_gloo_two_ranks(tmp_path, full, disagree):
+    # disagree: rank 1 would restore after probation what rank 0 keeps; rank 0's decision must hold on both
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), full, disagree), nprocs=2, join=True,
+                       start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["dropped"], "the run should have dropped units"
     assert r0["dropped"] == r1["dropped"] and r0["events"] == r1["events"]
-    assert r0["rebuilds"] == len(r0["events"]) + 1  # initial wrap + one per drop event
+    assert any(c["stage"] == "probation" and c["accepted"] for c in r0["checks"])
+    if disagree:
+        assert any(c["stage"] == "probation" and not c["accepted"] for c in r1["checks"])
+    else:
+        assert r0["rebuilds"] == len(r0["events"]) + 1  # initial wrap + one per drop event
     # parameters are identical (gradients are averaged); BatchNorm buffers hold each rank's last local
     # batch statistics, as with plain DDP, so they are not compared
     for k in r0["params"]:

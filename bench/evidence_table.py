@@ -50,6 +50,8 @@ def collect(folder: Path) -> dict:
                 "dropped": len(r["dropped"]), "units": r["units"],
                 "first": first / r["steps"] if first else None,
                 "check": 100 * r.get("check_s", 0.0) / r["wall_s"] if r["wall_s"] else 0.0,
+                "restored": sum(len(c["units"]) for c in r.get("checks", [])
+                                if c.get("stage") == "probation" and not c["accepted"]),
             })
     return out
 
@@ -59,8 +61,8 @@ def table(data: dict) -> str:
     for (model, dataset, epochs), arms in data.items():
         lines.append(f"\n**{model} / {dataset}, {epochs} epochs**\n")
         lines.append("| arm | seeds | speed-up (CPU) | speed-up (wall) | FLOPs predict | test acc % | Δ acc pt (paired) "
-                     "| units dropped | first drop (share of run) | checks % of time |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+                     "| units dropped | restored | first drop (share of run) | checks % of time |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for label, rows in arms.items():
             firsts = [r["first"] for r in rows if r["first"] is not None]
             lines.append(
@@ -68,6 +70,7 @@ def table(data: dict) -> str:
                 f"| {_ms([r['wall'] for r in rows], '.2f')}x | {_ms([r['flops'] for r in rows], '.2f')}x "
                 f"| {_ms([r['acc'] for r in rows], '.2f')} | {_ms([r['dacc'] for r in rows], '+.2f')} "
                 f"| {_ms([float(r['dropped']) for r in rows], '.1f')} of {rows[0]['units']} "
+                f"| {_ms([float(r['restored']) for r in rows], '.1f')} "
                 f"| {_ms(firsts, '.2f') if firsts else '-'} | {_ms([r['check'] for r in rows], '.1f')} |")
     return "\n".join(lines)
 

@@ -38,6 +38,8 @@ def test_probe_keeps_a_ring_of_detached_slices_every_stride_steps():
     torch.testing.assert_close(a4, (x * 4)[:3].detach())
     with pytest.raises(ValueError, match="batches"):
         Probe(batches=0)
+    head = p.head(1)  # the cheaper screen: the first held batch, the same tensors
+    assert len(head) == 1 and head.rows == 3 and head.held[0][0][0] is a6 and len(p) == 2
 
 
 def test_drop_cost_disagreement_and_kl_hand_computed():

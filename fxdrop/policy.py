@@ -298,11 +298,17 @@ class LearnAndDrop(Policy):
         for name in chosen:
             self.backoff.pop(name, None)
         for name in chosen:
-            if self.check and self.probation and len(self.probe):
+            if self.check and self._on_trial():
                 self.on_probation[name] = step + self.probation * self.interval
             else:
                 self.tracker.forget(name)
         return chosen
+
+    def _on_trial(self) -> bool:
+        """Whether drops go on probation now: only with labels on every held batch. Without them the later
+        check could only count changed predictions, which two equally good networks also differ in, so
+        every drop would be restored; a drop must then pass the tolerance at once."""
+        return bool(self.probation) and len(self.probe) > 0 and self.probe.labelled
 
     def _end_probation(self, step: int) -> None:
         """Judge the cohort dropped ``probation`` intervals ago, now that the rest of the network has
@@ -404,12 +410,13 @@ class LearnAndDrop(Policy):
             return costs
 
         def passes(c) -> bool:
-            return c.disagreement <= max(self.shock, self.tolerance) if self.probation else c.cost <= self.tolerance
+            return c.disagreement <= max(self.shock, self.tolerance) if on_trial else c.cost <= self.tolerance
 
         def price(c) -> float:
-            return c.disagreement if self.probation else c.cost
+            return c.disagreement if on_trial else c.cost
 
-        screen = self.probe.head(1) if self.probation else self.probe
+        on_trial = self._on_trial()
+        screen = self.probe.head(1) if on_trial else self.probe
         ok = []
         for u, c in zip(cands, measure([[u] for u in cands], screen)):
             if u.scores and u.scores[-1].get("step") == step:

@@ -93,6 +93,11 @@ class Probe:
         self.targets[i] = targets.detach()[: self.samples].clone()
 
     @property
+    def labelled(self) -> bool:
+        """Whether every held batch has its class labels."""
+        return all(t is not None for t in self.targets)
+
+    @property
     def rows(self) -> int:
         """Rows held over all batches (the first tensor input's leading dimension)."""
         return sum(leading_rows(args, kwargs) for args, kwargs in self.held)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import fxdrop
 
@@ -13,6 +14,15 @@ from .test_policy import Scripted, _table
 class _Cost:
     def __init__(self, cost):
         self.cost, self.disagreement, self.accuracy_drop, self.kl = cost, cost, None, 0.0
+
+
+def _hold(net, x, labels=True):
+    """One training forward, so the probe holds a batch (with its labels, as ``net.step(opt, targets=y)``
+    gives them)."""
+    net.train()
+    net(x)
+    if labels:
+        net.policy.probe.offer_targets(net.steps + 1, torch.arange(len(x)) % 10)
 
 
 def _scripted_costs(monkeypatch, costs):
@@ -29,8 +39,7 @@ def test_probation_keeps_a_drop_that_recovered_and_restores_one_that_did_not(mon
     _scripted_costs(monkeypatch, [[0.03], [0.03], [lasting]])
     pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9)
     net, x = _net(pol)
-    net.train()
-    net(x)  # the probe holds a batch
+    _hold(net, x)
     net.steps = 0
     assert net.step() == ["layer1.0"] and pol.on_probation == {"layer1.0": 3}
     assert net.step() == [] and net.dropped == ["layer1.0"]  # on probation: nothing else is chosen
@@ -46,8 +55,7 @@ def test_without_probation_the_drop_itself_must_be_within_tolerance(monkeypatch)
     _scripted_costs(monkeypatch, [[0.03]])
     pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=0, check_budget=1e9)
     net, x = _net(pol)
-    net.train()
-    net(x)
+    _hold(net, x)
     assert pol.decide(1) == [] and pol.checks[0]["accepted"] is False
 
 
@@ -55,8 +63,7 @@ def test_probation_state_survives_resume(monkeypatch):
     _scripted_costs(monkeypatch, [[0.03], [0.03]])
     pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=4, check_budget=1e9)
     net, x = _net(pol)
-    net.train()
-    net(x)
+    _hold(net, x)
     net.steps = 0
     net.step()
     state = net.drop_state_dict()
@@ -72,10 +79,20 @@ def test_selection_screens_each_unit_then_drops_the_largest_set_that_passes(monk
     _scripted_costs(monkeypatch, [[0.01, 0.02, 0.2], [0.01, 0.06]])
     pol = Scripted(_table([0.2, 0.2, 0.2, 0.9, 0.9]), interval=1, warmup=0, check_budget=1e9)
     net, x = _net(pol)
-    net.train()
-    net(x)
+    _hold(net, x)
     assert pol.decide(1) == ["layer1.0"]
     assert [(c["units"], c["accepted"]) for c in pol.checks] == [
         (["layer1.0"], True), (["layer1.1"], True), (["layer2.1"], False),
         (["layer1.0"], True), (["layer1.0", "layer1.1"], False)]
     assert "layer2.1" in pol.backoff and "layer1.1" not in pol.backoff
+
+
+def test_without_labels_drops_are_not_put_on_probation(monkeypatch):
+    # without labels the lasting check could only count changed predictions: a drop must pass the
+    # tolerance at once, on every held batch, as with probation=0
+    _scripted_costs(monkeypatch, [[0.03]])
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=3, check_budget=1e9)
+    net, x = _net(pol)
+    _hold(net, x, labels=False)
+    assert not pol.probe.labelled
+    assert pol.decide(1) == [] and pol.checks[0]["accepted"] is False and pol.on_probation == {}

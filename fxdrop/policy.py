@@ -397,8 +397,9 @@ class LearnAndDrop(Policy):
         """Check the candidates on the probe and return the ones to drop now (docs/method.md): each alone
         (with probation, on one held batch: a screen), then the sets of the cheapest 1, 2, 4, ... per FLOP
         of those that passed and the set of all of them, measured in one pass over the held batches; the
-        largest set that passes is dropped. With ``probation`` a drop passes when it changes at most ``shock`` of the predictions
-        (its lasting cost is checked after the probation); without, when its cost is within ``tolerance``."""
+        largest set that passes is dropped. On probation (``probation`` set, labels held) a drop passes
+        when it changes at most ``shock`` of the predictions, its lasting cost being checked later;
+        otherwise when its cost is within ``tolerance``."""
         assert self.net is not None
         net = self.net
         current = net.graph_module if net.training else net.candidate_graph([], "train")

@@ -274,6 +274,9 @@ class LearnAndDrop(Policy):
             return []
         if self.total_steps is not None and step > (1 - self.final_fraction) * self.total_steps:
             return []
+        if (self.total_steps is not None and self.check and self._on_trial()
+                and step + self.probation * self.interval > (1 - self.final_fraction) * self.total_steps):
+            return []  # its probation would end in the final tenth: too late to recover, or to restore in time
         if self.target_speedup is not None and self.predicted_speedup(step) >= self.target_speedup:
             return []
         bad = [n for n, s in scores.items() if not math.isfinite(s.get("continuation", math.nan))]

@@ -96,3 +96,18 @@ def test_without_labels_drops_are_not_put_on_probation(monkeypatch):
     _hold(net, x, labels=False)
     assert not pol.probe.labelled
     assert pol.decide(1) == [] and pol.checks[0]["accepted"] is False and pol.on_probation == {}
+
+
+def test_no_drop_whose_probation_would_end_in_the_final_fraction(monkeypatch):
+    # total_steps=40, final_fraction 0.1: drops up to step 36; with probation 3 x interval 2 a drop at
+    # step 32 would be judged at 38 > 36, so the last choice is at step 30
+    _scripted_costs(monkeypatch, [[0.01], [0.01]])
+    kw = dict(interval=2, warmup=0, probation=3, total_steps=40, check_budget=1e9)
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), **kw)
+    net, x = _net(pol)
+    _hold(net, x)
+    assert pol.decide(32) == [] and pol.checks == []
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), **kw)
+    net, x = _net(pol)
+    _hold(net, x)
+    assert pol.decide(30) == ["layer1.0"] and pol.on_probation == {"layer1.0": 36}

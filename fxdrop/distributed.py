@@ -81,9 +81,9 @@ class DistributedDropNet(nn.Module):
                 self.net._initialize(tuple(args), dict(kwargs))
         return self._ensure()(*args, **kwargs)
 
-    def step(self, optimizer: torch.optim.Optimizer | None = None) -> list[str]:
+    def step(self, optimizer: torch.optim.Optimizer | None = None, *, targets: torch.Tensor | None = None) -> list[str]:
         """``net.step()``: decisions are agreed across ranks; the DDP wrapper follows at the next forward."""
-        return self.net.step(optimizer)
+        return self.net.step(optimizer, targets=targets)
 
     def train(self, mode: bool = True) -> "DistributedDropNet":
         self.net.train(mode)

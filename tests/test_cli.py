@@ -112,7 +112,7 @@ def test_interleaved_runs_equal_separate_runs(one_thread):
     torch.set_num_threads(1)  # tiny ops: a second thread only spins when other processes load the machine
     d = data.load("mnist-small").limit(384, 128)
     cfg = TrainConfig(epochs=2, batch_size=64, progress=False, interval=2, warmup_epochs=0.5,
-                      ld_options={"stop": 1.0, "tolerance": 1.0})
+                      ld_options={"stop": 1.0, "tolerance": 1.0, "probation": 0})
     kinds = ("none", "learn-and-drop", "stochastic-depth")
     alone = {k: TrainRun(tiny_resnet, d, cfg, k) for k in kinds}
     for r in alone.values():

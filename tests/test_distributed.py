@@ -48,7 +48,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False, 
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(ddp(x), y).backward()
             opt.step()
-            ddp.step(opt)
+            ddp.step(opt, targets=y)  # labels: drops go on probation
         torch.save({"dropped": net.dropped, "events": pol.events, "rebuilds": ddp.rebuilds, "checks": pol.checks,
                     "params": {k: v.detach().clone() for k, v in net.named_parameters()}},
                    os.path.join(out_dir, f"rank{rank}.pt"))

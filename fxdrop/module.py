@@ -18,7 +18,7 @@ from .errors import DropStateError, NotInitializedError, TraceError, UnitError
 from .rewrite import blend, bypass
 from .shapes import FLOPS_KEY, propagate
 from .trace import ModelSnapshot, TraceResult, trace
-from .units import Unit, find_units
+from .units import Unit, find_units, level_depth
 
 __all__ = ["DropNet", "wrap", "apply_plan"]
 
@@ -63,8 +63,10 @@ class DropNet(nn.Module):
             raise TypeError("this model is already wrapped by fxdrop; use it directly")
         if isinstance(model, fx.GraphModule) and not list(model.graph.nodes):
             raise TraceError("the GraphModule given to fxdrop.wrap has an empty graph")
-        if level not in ("inner", "outer") and (isinstance(level, bool) or not isinstance(level, int) or level < 0):
-            raise ValueError(f"fxdrop.wrap: level must be an int >= 0, 'inner' or 'outer', got {level!r}")
+        try:
+            level_depth(level)  # refused before tracing, not at the first forward
+        except ValueError as e:
+            raise ValueError(f"fxdrop.wrap: {e}") from None
         super().__init__()
         share_module_state(self, model)
         self._level = level

@@ -300,7 +300,6 @@ class LearnAndDrop(Policy):
             chosen = self._within_budget(cands, step)
         for name in chosen:
             self.backoff.pop(name, None)
-        for name in chosen:
             if self.check and self._on_trial():
                 self.on_probation[name] = step + self.probation * self.interval
             else:

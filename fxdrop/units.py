@@ -31,7 +31,7 @@ from torch import nn
 
 from .shapes import FLOPS_KEY, same_tensor_meta, tensor_meta
 
-__all__ = ["Unit", "UnitSite", "find_units", "is_inplace"]
+__all__ = ["Unit", "UnitSite", "find_units", "is_inplace", "level_depth"]
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_"}
@@ -434,6 +434,15 @@ def _chain_candidates(
     return found
 
 
+def level_depth(level: int | str) -> int:
+    """The nesting depth a ``level`` argument asks for (``"inner"`` 0, ``"outer"`` unbounded);
+    ``ValueError`` naming the bad value otherwise."""
+    depth = {"inner": 0, "outer": 1 << 30}.get(level, level) if isinstance(level, str) else level
+    if isinstance(depth, str) or isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise ValueError(f"level must be an int >= 0, 'inner' or 'outer', got {level!r}")
+    return depth
+
+
 def find_units(gm: fx.GraphModule, level: int | str = 0) -> list[_Candidate]:
     """Find unit candidates in ``gm`` (whose nodes carry ``tensor_meta`` and FLOPs, see
     :func:`fxdrop.shapes.propagate`), in graph order, with their owned parameter ids and FLOPs.
@@ -447,9 +456,7 @@ def find_units(gm: fx.GraphModule, level: int | str = 0) -> list[_Candidate]:
     ``"outer"`` no limit. Names are assigned by :func:`name_units`; candidates that own no parameter
     are left out.
     """
-    depth = {"inner": 0, "outer": 1 << 30}.get(level, level) if isinstance(level, str) else level
-    if isinstance(depth, str) or isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
-        raise ValueError(f"level must be an int >= 0, 'inner' or 'outer', got {level!r}")
+    depth = level_depth(level)
     modules = dict(gm.named_modules())
     dead = _dead_nodes(gm.graph, modules)
     if depth == 0:

@@ -4,7 +4,8 @@ For one model and data set and each seed, in one process (after an untimed warm-
 
 * phase 1, interleaved epoch by epoch: the full network, Learn&Drop with its defaults, the same without
   ``total_steps`` (the policy does not know the run's length), with the budget knob
-  ``target_speedup=2``, and without probation (``probation=0``: every drop must pass the check at once);
+  ``target_speedup=2``, and without reinvesting saved compute in checks (``reinvest=0``: checks stay
+  within 5% of the training compute);
 * phase 2, interleaved among themselves (they need the finished Learn&Drop run): the full network
   trained for fewer steps so that it does the forward FLOPs Learn&Drop did (time-matched), random and
   position drops at Learn&Drop's schedule, the statically thinner network, and the published anchors
@@ -40,7 +41,7 @@ PHASE1 = {  # label: (kind, LearnAndDrop options)
     "learn-and-drop": ("learn-and-drop", {}),
     "l&d, no total_steps": ("learn-and-drop", {"total_steps": None}),
     "l&d, target 2x": ("learn-and-drop", {"target_speedup": 2.0}),
-    "l&d, no probation": ("learn-and-drop", {"probation": 0}),
+    "l&d, reinvest 0": ("learn-and-drop", {"reinvest": 0.0}),
 }
 PHASE2 = ("full-matched", "random")
 ANCHORS = ("thin", "position", "pld", "stochastic-depth", "freeze")

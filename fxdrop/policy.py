@@ -147,6 +147,7 @@ class LearnAndDrop(Policy):
         recalibrate: bool = True,
         final_fraction: float = 0.1,
         check_budget: float = 0.05,
+        reinvest: float = 0.5,
         probation: int = 3,
         shock: float = 0.05,
         never: Iterable[str] = (),
@@ -178,6 +179,7 @@ class LearnAndDrop(Policy):
             ("recalibrate", recalibrate, isinstance(recalibrate, bool), "True or False"),
             ("final_fraction", final_fraction, _num(final_fraction) and 0 <= final_fraction < 1, "in [0, 1)"),
             ("check_budget", check_budget, _num(check_budget) and check_budget > 0, "> 0"),
+            ("reinvest", reinvest, _num(reinvest) and 0 <= reinvest <= 1, "in [0, 1]"),
             ("probation", probation, isinstance(probation, int) and not isinstance(probation, bool) and probation >= 0,
              "an int >= 0"),
             ("shock", shock, _num(shock) and 0 <= shock <= 1, "in [0, 1]"),
@@ -190,7 +192,7 @@ class LearnAndDrop(Policy):
         self.max_drop_fraction, self.max_drops_per_event = max_drop_fraction, max_drops_per_event
         self.stop, self.tolerance, self.target_speedup = stop, tolerance, target_speedup
         self.check, self.recalibrate, self.final_fraction = check, recalibrate, final_fraction
-        self.check_budget = check_budget
+        self.check_budget, self.reinvest = check_budget, reinvest
         self.probation = probation if action == "drop" else 0  # a frozen unit still runs: nothing to recover
         self.shock = shock
         self.on_probation: dict[str, int] = {}  # units dropped on probation -> step of their lasting-cost check
@@ -199,6 +201,9 @@ class LearnAndDrop(Policy):
         # compute spent on checks vs training, in rows through the network (a training row costs about
         # three forward rows: forward and backward): deterministic, so resumed runs decide alike
         self.train_rows, self.check_rows = 0, 0
+        # forward rows the drops saved so far (3 per training row times the share of FLOPs not run):
+        # ``reinvest`` of them may pay for more checks, so a run that drops early can afford to check more
+        self.saved_rows, self._rows_since = 0.0, 0
         self.probe = Probe(probe_batches, probe_samples, stride=max(1, interval // probe_batches))
         self.tracker: ScoreTracker | None = None
         self._lr_sum, self._lr_n = 0.0, 0
@@ -212,13 +217,16 @@ class LearnAndDrop(Policy):
         self._lr_n += 1
 
     def observe_inputs(self, step: int, args: tuple, kwargs: dict) -> None:
-        self.train_rows += leading_rows(args, kwargs)
+        rows = leading_rows(args, kwargs)
+        self.train_rows += rows
+        self._rows_since += rows
         if self.check or self.recalibrate:
             self.probe.offer(step, args, kwargs)
 
     def check_allowed(self) -> bool:
-        """Whether checks so far stay within ``check_budget`` of the training compute."""
-        return self.check_rows <= self.check_budget * 3 * self.train_rows
+        """Whether checks so far stay within ``check_budget`` of the training compute plus ``reinvest``
+        of the compute the drops saved."""
+        return self.check_rows <= self.check_budget * 3 * self.train_rows + self.reinvest * self.saved_rows
 
     def observe_targets(self, step: int, targets) -> None:
         self.probe.offer_targets(step, targets)
@@ -254,7 +262,10 @@ class LearnAndDrop(Policy):
         if self.net is None or self.tracker is None:
             return []
         full = max(self.net.full_flops("train"), 1)
-        self._frac_sum += (self.net.flops("train") if self.action == "drop" else full) / full
+        frac = (self.net.flops("train") if self.action == "drop" else full) / full
+        self._frac_sum += frac
+        self.saved_rows += 3 * self._rows_since * (1.0 - frac)
+        self._rows_since = 0
         if step % self.interval:
             return []
         self._restored_now = []
@@ -420,6 +431,9 @@ class LearnAndDrop(Policy):
 
         on_trial = self._on_trial()
         screen = self.probe.head(1) if on_trial else self.probe
+        # the shock bound needs less precision than a cost against the tolerance (5% against 1%): on trial
+        # the sets run on half of the held batches, the lasting-cost check on all of them
+        wide = self.probe.head(math.ceil(len(self.probe) / 2)) if on_trial else self.probe
         ok = []
         for u, c in zip(cands, measure([[u] for u in cands], screen)):
             if u.scores and u.scores[-1].get("step") == step:
@@ -437,10 +451,10 @@ class LearnAndDrop(Policy):
                 sets.append(trial)
         # sizes 1, 2, 4, ... and all of them: a few forwards of the held batches whatever the candidates
         sets = [t for i, t in enumerate(sets, 1) if i & (i - 1) == 0 or i == len(sets)]
-        known = 0 if screen is not self.probe else 1  # a single unit already measured on every held batch
+        known = 0 if screen is not wide else 1  # a single unit already measured on every held batch
         chosen: list = sets[0] if known and sets else []
         if len(sets) > known:
-            for trial, c in zip(sets[known:], measure(sets[known:], self.probe)):
+            for trial, c in zip(sets[known:], measure(sets[known:], wide)):
                 self._record(step, trial, c, passes(c))
                 if passes(c):
                     chosen = trial  # the largest passing set; a set's cost need not grow with it
@@ -470,6 +484,7 @@ class LearnAndDrop(Policy):
         sd["checks"] = [dict(c) for c in self.checks]
         sd["check_seconds"] = self.check_seconds
         sd["rows"] = (self.train_rows, self.check_rows)
+        sd["saved_rows"] = (self.saved_rows, self._rows_since)
         sd["probation"] = dict(self.on_probation)
         sd["restored"] = [[s, list(n)] for s, n in self.restored]
         return sd
@@ -485,6 +500,8 @@ class LearnAndDrop(Policy):
         self.checks = [dict(c) for c in sd.get("checks", [])]
         self.check_seconds = float(sd.get("check_seconds", 0.0))
         self.train_rows, self.check_rows = (int(v) for v in sd.get("rows", (0, 0)))
+        saved, since = sd.get("saved_rows", (0.0, 0))
+        self.saved_rows, self._rows_since = float(saved), int(since)
         self.on_probation = {k: int(v) for k, v in sd.get("probation", {}).items()}
         self.restored = [(int(s), list(n)) for s, n in sd.get("restored", [])]
 

@@ -111,3 +111,32 @@ def test_no_drop_whose_probation_would_end_in_the_final_fraction(monkeypatch):
     net, x = _net(pol)
     _hold(net, x)
     assert pol.decide(30) == ["layer1.0"] and pol.on_probation == {"layer1.0": 36}
+
+
+def test_check_budget_reinvests_a_share_of_the_compute_drops_saved():
+    # budget in forward rows: check_budget * 3 * rows trained + reinvest * 3 * rows trained * (1 - FLOPs
+    # fraction run); one step of 4 rows with layer4.1 gone: 0.05*3*4 = 0.6 plus 0.5 * 12 * (1 - f)
+    pol = Scripted(_table([0.9] * 5), interval=1, warmup=0, check_budget=0.05, reinvest=0.5)
+    net, x = _net(pol)
+    net.drop("layer4.1")
+    f = net.flops("train") / net.full_flops("train")
+    assert 0 < f < 1
+    net.train()
+    net(x)
+    assert net.step() == []
+    assert pol.saved_rows == pytest.approx(12 * (1 - f))
+    budget = 0.6 + 0.5 * 12 * (1 - f)
+    assert 1 < budget < 2  # rows are whole: one row of checks is within it, two are not
+    pol.check_rows = 1
+    assert pol.check_allowed()
+    pol.check_rows = 2
+    assert not pol.check_allowed()
+    pol.reinvest, pol.check_rows = 0.0, 1  # without reinvesting, the base 0.6 rows only
+    assert not pol.check_allowed()
+    pol.reinvest, pol.check_rows = 0.5, 2
+    again = Scripted(_table([0.9] * 5), interval=1, warmup=0, reinvest=0.5)
+    _net(again)
+    again.load_state_dict(pol.state_dict())
+    assert again.saved_rows == pol.saved_rows and not again.check_allowed()
+    with pytest.raises(ValueError, match="reinvest"):
+        fxdrop.LearnAndDrop(reinvest=1.5)

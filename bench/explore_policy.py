@@ -9,8 +9,8 @@ from fxdrop import data as D
 from fxdrop.train import TrainConfig, train_run, build_model
 torch.set_num_threads(1)
 ds = sys.argv[1]; model=sys.argv[2]; tag=sys.argv[3]; extra=json.loads(sys.argv[4]); kind=sys.argv[5] if len(sys.argv)>5 else "learn-and-drop"
-data = D.load(ds)
 cfgkw = extra.pop("cfg", {})
+data = D.load(ds).limit(cfgkw.pop("train_limit", None), None)
 cfg = TrainConfig(progress=True, ld_options=extra, **cfgkw)
 cfg.progress=True
 fac = lambda: build_model(model, data.num_classes)

@@ -351,8 +351,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--tolerance/--target-speedup: {e}") from None
     data = _load_data(args)
     factory = _model_factory(args.model, data.num_classes)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      input_size=args.input_size, interval=args.interval, warmup_epochs=args.warmup_epochs,
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
+                      seed=args.seed, input_size=args.input_size, interval=args.interval,
+                      warmup_epochs=args.warmup_epochs,
                       ld_options=ld_options, progress=not args.no_progress, step_hook=hook)
     kinds = list(dict.fromkeys(args.policy))
     spe = -(-len(data.train_y) // cfg.batch_size)
@@ -482,7 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: $FXDROP_DATA")
     r.add_argument("--epochs", type=_int_at_least(1), default=3, help="training epochs of every arm")
     r.add_argument("--batch-size", type=_int_at_least(1), default=128, help="training batch size")
-    r.add_argument("--lr", type=_float_in(0, strict=True), default=0.05, help="peak learning rate (OneCycle)")
+    r.add_argument("--lr", type=_float_in(0, strict=True), default=0.05,
+                   help="learning rate: the peak of OneCycle, or the constant rate with --schedule constant")
+    r.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle",
+                   help="learning-rate schedule of every arm")
     r.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of initialisation and data order")
     r.add_argument("--input-size", type=_int_at_least(1), default=32,
                    help="images are padded up to this size (at least the data set's image size)")

@@ -121,7 +121,7 @@ class LearnAndDrop(Policy):
     tried again for 1, 2, 4, ... intervals; the dropped FLOPs stay within ``max_drop_fraction`` and at
     most ``max_drops_per_event`` go at once. After a drop or a restore, BatchNorm running statistics are
     re-estimated on the held batches (``recalibrate``). Checks at a choice wait while they have used
-    ``check_budget`` of the training compute. With ``total_steps`` known, nothing is dropped in the last
+    ``check_budget`` of the training compute plus ``reinvest`` of the compute the drops saved. With ``total_steps`` known, nothing is dropped in the last
     ``final_fraction`` of the run (too late to recover) and the budget counts the whole run;
     ``check=False`` gives the unchecked rule. Units named in ``never`` are kept.
     """

@@ -45,6 +45,7 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 128
     lr: float = 0.05
+    schedule: str = "onecycle"  # "onecycle" (peak ``lr``) or "constant" (``lr`` throughout)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
@@ -166,8 +167,11 @@ class TrainRun:
             torch.set_rng_state(outer)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, nesterov=True)
-        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=self.total,
-                                                         pct_start=0.15)
+        if cfg.schedule not in ("onecycle", "constant"):
+            raise ValueError(f"schedule must be 'onecycle' or 'constant', got {cfg.schedule!r}")
+        self.sched = (torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=self.total,
+                                                          pct_start=0.15) if cfg.schedule == "onecycle"
+                      else torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0))
         self._full = max(self.net.full_flops("train"), 1)
         self._gen = torch.Generator().manual_seed(cfg.seed)
         self._batches = None  # iterator over the current epoch's batches

@@ -295,3 +295,27 @@ def test_bad_inputs_in_process(i, tmp_path, capsys, monkeypatch, one_thread):
         code = e.code
     cap = capsys.readouterr()
     _check(argv, pattern, cwd, code, cap.out, cap.err)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "constant"])
+def test_train_run_learning_rate_schedule(one_thread, schedule):
+    # the user's plain loop keeps the rate; the evidence runs use OneCycle (peak lr after 15% of the run)
+    torch.set_num_threads(1)
+    d = data.load("mnist-small").limit(1280, 64)
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.05, schedule=schedule, progress=False, evaluate=False)
+    run = TrainRun(tiny_resnet, d, cfg, "none")
+    lrs = []
+    while not run.done:
+        lrs.append(run.opt.param_groups[0]["lr"])
+        run.advance(1)
+    assert len(lrs) == 20
+    if schedule == "constant":
+        assert lrs == [0.05] * 20
+    else:  # starts at lr / 25, peaks at lr, anneals far below the start
+        assert lrs[0] == pytest.approx(0.002) and max(lrs) == pytest.approx(0.05) and lrs[-1] < 1e-3
+
+
+def test_train_run_rejects_an_unknown_schedule():
+    d = data.load("mnist-small").limit(64, 64)
+    with pytest.raises(ValueError, match="schedule must be 'onecycle' or 'constant', got 'cosine'"):
+        TrainRun(tiny_resnet, d, TrainConfig(schedule="cosine", progress=False), "none")

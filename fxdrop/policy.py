@@ -105,7 +105,8 @@ class LearnAndDrop(Policy):
     """Drop units that have stopped learning, after checking that dropping them is safe
     (docs/method.md has every definition and default).
 
-    Every ``interval`` optimizer steps the learning scores of the live units are updated. From
+    Every ``interval`` optimizer steps (default: ``total_steps // 30`` capped at 50, or 50 when the length
+    of the run is unknown) the learning scores of the live units are updated. From
     ``warmup`` on, a unit with at least ``window`` scores whose plateau ratio is at most ``plateau``
     (it lost that share of its own peak learning pace) *and*, if ``threshold`` is set, whose
     continuation score is at most ``threshold`` is a candidate; with ``stop`` set, a plateau ratio at
@@ -128,8 +129,8 @@ class LearnAndDrop(Policy):
 
     def __init__(
         self,
-        interval: int = 50,
-        warmup: int = 200,
+        interval: int | None = None,
+        warmup: int = 0,
         window: int = 4,
         beta: float = 0.5,
         plateau: float = 0.5,
@@ -155,7 +156,8 @@ class LearnAndDrop(Policy):
     ):
         super().__init__(action, never)
         checks = [
-            ("interval", interval, isinstance(interval, int) and interval >= 1, "an int >= 1"),
+            ("interval", interval, interval is None or (isinstance(interval, int) and interval >= 1),
+             "None or an int >= 1"),
             ("warmup", warmup, isinstance(warmup, int) and warmup >= 0, "an int >= 0"),
             ("window", window, isinstance(window, int) and window >= 2, "an int >= 2"),
             ("beta", beta, _num(beta) and 0 <= beta < 1, "in [0, 1)"),
@@ -187,6 +189,8 @@ class LearnAndDrop(Policy):
         for name, value, ok, what in checks:
             if not ok:
                 raise ValueError(f"LearnAndDrop: {name} must be {what}, got {value!r}")
+        if interval is None:  # about 30 boundaries over a known run, every 50 steps over a long or unknown one
+            interval = min(50, max(1, total_steps // 30)) if total_steps is not None else 50
         self.interval, self.warmup, self.window, self.beta = interval, warmup, window, beta
         self.plateau, self.threshold, self.horizon, self.total_steps = plateau, threshold, horizon, total_steps
         self.max_drop_fraction, self.max_drops_per_event = max_drop_fraction, max_drops_per_event

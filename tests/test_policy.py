@@ -284,3 +284,11 @@ def test_stochastic_depth_baseline():
     net.eval()
     with torch.no_grad():
         assert_outputs_close(net(x), net.model(x))  # evaluation runs the full network
+
+
+@pytest.mark.parametrize("total, interval", [(None, 50), (282, 9), (330, 11), (20, 1), (29, 1), (60, 2), (10_000, 50)])
+def test_default_interval_follows_the_run_length(total, interval):
+    # about 30 scoring boundaries over a known run (total // 30, at least 1, at most 50); 50 when unknown
+    pol = fxdrop.LearnAndDrop(total_steps=total)
+    assert pol.interval == interval and pol.warmup == 0
+    assert fxdrop.LearnAndDrop(total_steps=total, interval=7).interval == 7

@@ -7,7 +7,9 @@ For one model and data set and each seed, in one process (after an untimed warm-
   ``target_speedup=2``, and without reinvesting saved compute in checks (``reinvest=0``: checks stay
   within 5% of the training compute);
 * phase 2, interleaved among themselves (they need the finished Learn&Drop run): the full network
-  trained for fewer steps so that it does the forward FLOPs Learn&Drop did (time-matched), random and
+  trained for as many steps as Learn&Drop's measured CPU time buys at the full network's pace in phase 1
+  (time-matched: checks and every overhead count against Learn&Drop) and for 1/1.5 and
+  1/2 of the steps (what the speed-up targets cost without dropping, ``--matched-at``), random and
   position drops at Learn&Drop's schedule, the statically thinner network, and the published anchors
   (progressive layer dropping, stochastic depth, freezing) and two ablations of Learn&Drop (no check;
   no BatchNorm re-estimation without ``total_steps``) with ``--anchors``.
@@ -65,7 +67,8 @@ def _row(label: str, run: TrainRun, phase: int) -> dict:
 def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     data = data_mod.load(args.dataset).limit(args.train_limit, None)
     factory = lambda: build_model(args.model, data.num_classes)  # noqa: E731
-    cfg = TrainConfig(epochs=args.epochs, seed=seed, warmup_epochs=0.0, progress=False)
+    cfg = TrainConfig(epochs=args.epochs, seed=seed, warmup_epochs=0.0, progress=False, batch_size=args.batch_size,
+                      lr=args.lr, schedule=args.schedule, interval=args.interval)
     warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=20), "none")
     train_interleaved([warm])  # untimed: one-off start-up costs land here
     del warm
@@ -76,11 +79,17 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     rows = [_row(label, run, 1) for label, run in runs.items()]
     ld_run = runs["learn-and-drop"]
     ld = ld_run.result()
-    budget = max(1, round(ld.steps * ld.flops_ratio))
+    # time-matched: the full network trained for as many steps as Learn&Drop's measured training CPU time
+    # buys at the full network's pace, both from the interleaved phase 1 (checks and all overheads count)
+    full_run = runs["full"]
+    budget = max(1, round(full_run.steps * ld_run.cpu_s / full_run.cpu_s))
     extra = args.anchors
     kinds = list(PHASE2) + (list(ANCHORS) if extra else [])
     deps = {k: TrainRun(factory, data, cfg, k, reference=ld_run.policy,
                         total_steps=budget if k == "full-matched" else None) for k in kinds}
+    for x in args.matched_at:  # the full network at a fixed speed-up: what the target costs without dropping
+        label = f"full, {x:g}x fewer steps"
+        deps[label] = TrainRun(factory, data, cfg, "full-matched", label=label, total_steps=max(1, round(ld.steps / x)))
     if extra:
         deps.update({label: TrainRun(factory, data, dataclasses.replace(cfg, ld_options=opts), kind, label=label)
                      for label, (kind, opts) in ABLATIONS.items()})
@@ -89,8 +98,10 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     doc = {"model": args.model, "dataset": args.dataset, "source": data.source, "epochs": args.epochs,
            "seed": seed, "train_images": len(data.train_y), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "elapsed_s": time.time() - t0,
-           "command": "python bench/evidence.py " + " ".join(args.argv), "runs": rows}
-    path = out / f"{args.model}_{args.dataset}_s{seed}.json"
+           "command": "python bench/evidence.py " + " ".join(args.argv), "tag": args.tag,
+           "protocol": {"batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": cfg.schedule, "interval": cfg.interval},
+           "runs": rows}
+    path = out / f"{args.model}_{args.dataset}{args.tag}_s{seed}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {path}", flush=True)
 
@@ -104,9 +115,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle")
+    p.add_argument("--interval", type=int, default=None, help="Learn&Drop's interval (default: a tenth of an epoch)")
+    p.add_argument("--tag", default="", help="suffix of the JSON names (a protocol other than the default)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--anchors", action="store_true", help="also the thinner network, the published anchors and "
                    "two ablations (no check; no BatchNorm re-estimation) on every seed")
+    p.add_argument("--matched-at", type=float, nargs="*", default=[1.5, 2.0], metavar="X",
+                   help="also the full network trained for 1/X of the steps (its OneCycle over them), per X")
     p.add_argument("--out", default="docs/measurements/evidence")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
@@ -115,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
-        if (out / f"{args.model}_{args.dataset}_s{seed}.json").exists():
+        if (out / f"{args.model}_{args.dataset}{args.tag}_s{seed}.json").exists():
             continue
         run_seed(args, seed, out)
 

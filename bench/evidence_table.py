@@ -41,7 +41,7 @@ def collect(folder: Path) -> dict:
                 # network of the same phase, scaled to the full step count (same network, same step cost)
                 scale = base["steps"] / matched["steps"]
                 ref = {"wall_s": matched["wall_s"] * scale, "cpu_s": matched["cpu_s"] * scale}
-            out[(doc["model"], doc["dataset"], doc["epochs"])][r["label"]].append({
+            out[(doc["model"], doc["dataset"] + doc.get("tag", ""), doc["epochs"])][r["label"]].append({
                 "seed": doc["seed"], "phase": r["phase"],
                 "wall": ref["wall_s"] / r["wall_s"], "cpu": ref["cpu_s"] / r["cpu_s"],
                 "flops": (base["steps"] * base["flops_ratio"]) / (r["steps"] * r["flops_ratio"]),
@@ -72,7 +72,27 @@ def table(data: dict) -> str:
                 f"| {_ms([float(r['dropped']) for r in rows], '.1f')} of {rows[0]['units']} "
                 f"| {_ms([float(r['restored']) for r in rows], '.1f')} "
                 f"| {_ms(firsts, '.2f') if firsts else '-'} | {_ms([r['check'] for r in rows], '.1f')} |")
+        lines.append("")
+        lines.extend(paired(arms))
     return "\n".join(lines)
+
+
+def paired(arms: dict, mine: tuple[str, ...] = ("learn-and-drop", "l&d, target 2x")) -> list[str]:
+    """Learn&Drop's accuracy minus each phase-2 arm's, seed by seed (the same data order and init)."""
+    out = []
+    for label in mine:
+        if label not in arms:
+            continue
+        acc = {r["seed"]: r["acc"] for r in arms[label]}
+        for other, rows in arms.items():
+            if rows[0]["phase"] != 2:
+                continue
+            diffs = [(r["seed"], acc[r["seed"]] - r["acc"]) for r in sorted(rows, key=lambda r: r["seed"])
+                     if r["seed"] in acc]
+            wins = sum(d > 0 for _, d in diffs)
+            out.append(f"- {label} − {other}, paired per seed (pt): "
+                       + ", ".join(f"s{seed} {d:+.2f}" for seed, d in diffs) + f" ({wins} of {len(diffs)} ahead)")
+    return out
 
 
 def plot(data: dict, path: str) -> None:

@@ -147,7 +147,7 @@ class LearnAndDrop(Policy):
         probe_samples: int = 128,
         recalibrate: bool = True,
         final_fraction: float = 0.1,
-        check_budget: float = 0.05,
+        check_budget: float = 0.025,
         reinvest: float = 0.5,
         probation: int = 3,
         shock: float = 0.05,

@@ -36,7 +36,7 @@ import torch
 
 from fxdrop import data as data_mod
 from fxdrop.models import build_model
-from fxdrop.train import TrainConfig, TrainRun, train_interleaved
+from fxdrop.train import TrainConfig, TrainRun, time_matched_steps, train_interleaved
 
 PHASE1 = {  # label: (kind, LearnAndDrop options)
     "full": ("none", {}),
@@ -79,10 +79,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     rows = [_row(label, run, 1) for label, run in runs.items()]
     ld_run = runs["learn-and-drop"]
     ld = ld_run.result()
-    # time-matched: the full network trained for as many steps as Learn&Drop's measured training CPU time
-    # buys at the full network's pace, both from the interleaved phase 1 (checks and all overheads count)
-    full_run = runs["full"]
-    budget = max(1, round(full_run.steps * ld_run.cpu_s / full_run.cpu_s))
+    budget = time_matched_steps(runs["full"].result(), ld)
     extra = args.anchors
     kinds = list(PHASE2) + (list(ANCHORS) if extra else [])
     deps = {k: TrainRun(factory, data, cfg, k, reference=ld_run.policy,

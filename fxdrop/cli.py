@@ -28,7 +28,7 @@ from . import data as data_mod
 from .errors import FxdropError
 from .policy import LearnAndDrop
 from .train import (DEPENDENT, POLICIES, REPLAYS, RunResult, TrainConfig, TrainRun, build_model, first_drop_step,
-                    train_interleaved)
+                    time_matched_steps, train_interleaved)
 
 __all__ = ["main", "build_parser", "UsageError", "TIMING_NOISE"]
 
@@ -387,7 +387,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if any(k in DEPENDENT for k in kinds):
         ld = results["learn-and-drop"]
         ref = runs["learn-and-drop"].policy
-        budget = max(1, round(ld.steps * ld.flops_ratio))
+        budget = time_matched_steps(results["none"], ld)
         deps = {k: TrainRun(factory, data, cfg, k, reference=ref, total_steps=budget if k == "full-matched" else None)
                 for k in kinds if k in DEPENDENT}
         train_interleaved(list(deps.values()), chunk_steps=args.interleave_steps, progress=cfg.progress)
@@ -503,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(0.01 = one point)")
     r.add_argument("--policy", nargs="+", default=["learn-and-drop"], choices=[k for k in POLICIES if k != "none"],
                    help="arms to compare with the full network (always trained); full-matched = the full "
-                   "network trained for as many steps as Learn&Drop's forward FLOPs buy; pld = progressive "
+                   "network trained for as many steps as Learn&Drop's measured CPU time buys; pld = progressive "
                    "layer dropping (Zhang & He 2020)")
     r.add_argument("--interleave-steps", type=_int_at_least(1), default=None, metavar="N",
                    help="train the arms in turns of N steps (finer turns share out outside load more evenly); "

@@ -109,6 +109,16 @@ def make_policy(kind: str, total_steps: int, cfg: TrainConfig, steps_per_epoch: 
     return NoDrop()
 
 
+def time_matched_steps(full: "RunResult", ld: "RunResult") -> int:
+    """Steps of the time-matched full network: as many as Learn&Drop's measured training CPU time buys at
+    the full network's pace, both measured in the same interleaved phase (so checks, graph rewrites and
+    every other overhead count against Learn&Drop, not only its FLOPs). At most the full run's steps: a
+    Learn&Drop run slower than the full network buys nothing more than the full network."""
+    if full.cpu_s <= 0 or full.steps <= 0:
+        raise ValueError("time_matched_steps: the full run has no measured CPU time")
+    return max(1, min(full.steps, round(full.steps * ld.cpu_s / full.cpu_s)))
+
+
 def first_drop_step(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """The first step at which Learn&Drop with ``cfg``'s knobs can drop anything: a step on the scoring
     interval, after the warm-up, with ``window`` scores recorded."""

@@ -292,3 +292,17 @@ def test_default_interval_follows_the_run_length(total, interval):
     pol = fxdrop.LearnAndDrop(total_steps=total)
     assert pol.interval == interval and pol.warmup == 0
     assert fxdrop.LearnAndDrop(total_steps=total, interval=7).interval == 7
+
+
+def test_time_matched_steps_from_measured_cpu_time():
+    from fxdrop.train import RunResult, time_matched_steps
+
+    def run(steps, cpu):
+        return RunResult("x", wall_s=cpu, test_acc=0.0, flops_ratio=1.0, units=0, dropped=[], events=[],
+                         steps=steps, cpu_s=cpu)
+
+    assert time_matched_steps(run(282, 100.0), run(282, 65.0)) == 183  # 282 * 0.65 = 183.3
+    assert time_matched_steps(run(282, 100.0), run(282, 104.0)) == 282  # slower: the full run itself
+    assert time_matched_steps(run(10, 100.0), run(10, 1.0)) == 1
+    with pytest.raises(ValueError, match="no measured CPU time"):
+        time_matched_steps(run(282, 0.0), run(282, 1.0))

@@ -227,10 +227,21 @@ class LearnAndDrop(Policy):
         if self.check or self.recalibrate:
             self.probe.offer(step, args, kwargs)
 
-    def check_allowed(self) -> bool:
+    def check_allowed(self, step: int | None = None) -> bool:
         """Whether checks so far stay within ``check_budget`` of the training compute plus ``reinvest``
-        of the compute the drops saved."""
-        return self.check_rows <= self.check_budget * 3 * self.train_rows + self.reinvest * self.saved_rows
+        of the compute the drops saved: so far, and, with ``total_steps`` known, what the units that are
+        dropped for good (past their probation) will save from ``step`` to the end of the run."""
+        return self.check_rows <= self.check_budget * 3 * self.train_rows + self.reinvest * (
+            self.saved_rows + self.future_savings(step))
+
+    def future_savings(self, step: int | None) -> float:
+        """Forward rows the units dropped for good will save from ``step`` to ``total_steps`` (0 when the
+        length of the run is unknown): 3 per training row, at the mean rows per step so far."""
+        if self.total_steps is None or step is None or self.net is None or not self.net.steps:
+            return 0.0
+        full = max(self.net.full_flops("train"), 1)
+        kept = sum(u.flops for u in self.net.units if u.dropped and u.name not in self.on_probation) / full
+        return 3 * (self.train_rows / self.net.steps) * kept * max(0, self.total_steps - step)
 
     def observe_targets(self, step: int, targets) -> None:
         self.probe.offer_targets(step, targets)
@@ -305,7 +316,7 @@ class LearnAndDrop(Policy):
             and (self.target_speedup is not None or self._stopped_learning(scores[u.name]))
         ]
         cands.sort(key=lambda u: scores[u.name]["continuation"])
-        if self.check and cands and not self.check_allowed():
+        if self.check and cands and not self.check_allowed(step):
             return []  # checks used their share of the compute: the candidates wait for a later boundary
         if self.check and len(self.probe) and cands:
             t0 = time.perf_counter()

@@ -140,3 +140,28 @@ def test_check_budget_reinvests_a_share_of_the_compute_drops_saved():
     assert again.saved_rows == pol.saved_rows and not again.check_allowed()
     with pytest.raises(ValueError, match="reinvest"):
         fxdrop.LearnAndDrop(reinvest=1.5)
+
+
+def test_check_budget_counts_what_kept_drops_will_save_when_the_run_length_is_known():
+    # with total_steps=10, after step 1 (4 rows) with layer4.1 dropped for good (share g of the FLOPs):
+    # future savings from step 1 = 3 * 4 rows/step * g * (10 - 1); units on probation do not count yet
+    pol = Scripted(_table([0.9] * 5), interval=1, warmup=0, total_steps=10, reinvest=0.5)
+    net, x = _net(pol)
+    net.drop("layer4.1")
+    g = 1 - net.flops("train") / net.full_flops("train")
+    net.train()
+    net(x)
+    net.step()
+    assert pol.future_savings(1) == pytest.approx(3 * 4 * g * 9)
+    assert pol.future_savings(10) == 0 and pol.future_savings(None) == 0
+    budget = 0.025 * 12 + 0.5 * (12 * g + 3 * 4 * g * 9)
+    assert int(budget) > 0.3 + 6 * g  # the future savings are what makes these rows affordable
+    pol.check_rows = int(budget)
+    assert pol.check_allowed(1) and not pol.check_allowed(None)
+    pol.check_rows = int(budget) + 1
+    assert not pol.check_allowed(1)
+    pol.on_probation = {"layer4.1": 4}  # on probation: not yet dropped for good
+    assert pol.future_savings(1) == 0
+    unknown = Scripted(_table([0.9] * 5), interval=1, warmup=0)
+    _net(unknown)
+    assert unknown.future_savings(1) == 0

@@ -217,7 +217,7 @@ BAD = [  # (argv, regex the one stderr line must match)
     (["run", "--dataset", "mnist", "--data-dir", "."], r"--data-dir \.: no mnist IDX files .*torchvision's layout"),
     (["run", "--dataset", "imagenet"], r"--dataset: invalid choice: 'imagenet' \(choose from .*mnist-small"),
     (["run", "--ld", "platau=0.2"], r"no knob 'platau'; did you mean plateau\?"),
-    (["run", "--ld", "interval=ten"], r"--ld interval=ten: interval must be an integer, got 'ten'"),
+    (["run", "--ld", "interval=ten"], r"--ld interval=ten: interval must be an integer or None, got 'ten'"),
     (["run", "--ld", "plateau=7"], r"--ld: LearnAndDrop: plateau must be in \(0, 1\], got 7"),
     (["run", "--ld", "stop"], r"--ld 'stop': expected KEY=VALUE"),
     (["run", "--plot", "no/such/dir/t.png"], r"--plot no/such/dir/t.png: directory no/such/dir does not exist"),

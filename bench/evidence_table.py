@@ -29,8 +29,8 @@ def _ms(values: list[float], fmt: str) -> str:
 def collect(folder: Path) -> dict:
     """{(model, dataset, epochs): {label: [row with paired figures, one per seed]}}"""
     out: dict = defaultdict(lambda: defaultdict(list))
-    for path in sorted(folder.glob("*.json")):
-        doc = json.loads(path.read_text())
+    docs = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    for doc in sorted(docs, key=lambda d: bool(d.get("tag"))):  # the default protocol's tables first
         base = next(r for r in doc["runs"] if r["label"] == "full")
         matched = next((r for r in doc["runs"] if r["label"] == "full-matched"), None)
         for r in doc["runs"]:

@@ -4,8 +4,8 @@ For one model and data set and each seed, in one process (after an untimed warm-
 
 * phase 1, interleaved epoch by epoch: the full network, Learn&Drop with its defaults, the same without
   ``total_steps`` (the policy does not know the run's length), with the budget knob
-  ``target_speedup=2``, and without reinvesting saved compute in checks (``reinvest=0``: checks stay
-  within 5% of the training compute);
+  ``target_speedup=2``, and without reinvesting saved compute in checks (``reinvest=0``: checks paid by
+  the base ``check_budget`` only);
 * phase 2, interleaved among themselves (they need the finished Learn&Drop run): the full network
   trained for as many steps as Learn&Drop's measured CPU time buys at the full network's pace in phase 1
   (time-matched: checks and every overhead count against Learn&Drop) and for 1/1.5 and

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -41,7 +42,7 @@ def main() -> None:
         print(f"{name:12s} {args.size}px  {len(net.units):3d} units  median {statistics.median(times):.2f} s "
               f"(min {min(times):.2f}, max {max(times):.2f}, {args.repeats} repeats)", flush=True)
     if args.out:
-        doc = {"command": "python bench/wrap_time.py " + " ".join(__import__("sys").argv[1:]), "torch": torch.__version__,
+        doc = {"command": "python bench/wrap_time.py " + " ".join(sys.argv[1:]), "torch": torch.__version__,
                "threads": 1, "cores": os.cpu_count(), "rows": rows}
         with open(args.out, "w") as f:
             json.dump(doc, f, indent=1)

@@ -122,8 +122,8 @@ class LearnAndDrop(Policy):
     tried again for 1, 2, 4, ... intervals; the dropped FLOPs stay within ``max_drop_fraction`` and at
     most ``max_drops_per_event`` go at once. After a drop or a restore, BatchNorm running statistics are
     re-estimated on the held batches (``recalibrate``). Checks at a choice wait while they have used
-    ``check_budget`` of the training compute plus ``reinvest`` of the compute the drops saved. With ``total_steps`` known, nothing is dropped in the last
-    ``final_fraction`` of the run (too late to recover) and the budget counts the whole run;
+    ``check_budget`` of the training compute plus ``reinvest`` of the compute the drops saved. With
+    ``total_steps`` known, nothing is dropped in the last ``final_fraction`` of the run (too late to recover) and the budget counts the whole run;
     ``check=False`` gives the unchecked rule. Units named in ``never`` are kept.
     """
 
@@ -447,7 +447,7 @@ class LearnAndDrop(Policy):
         screen = self.probe.head(1) if on_trial else self.probe
         # the shock bound needs less precision than a cost against the tolerance (5% against 1%): on trial
         # the sets run on half of the held batches, the lasting-cost check on all of them
-        wide = self.probe.head(math.ceil(len(self.probe) / 2)) if on_trial else self.probe
+        wide = self.probe.half() if on_trial else self.probe
         ok = []
         for u, c in zip(cands, measure([[u] for u in cands], screen)):
             if u.scores and u.scores[-1].get("step") == step:
@@ -492,7 +492,7 @@ class LearnAndDrop(Policy):
         (a channel's mean and variance over a few hundred images are estimated well; the rest of the
         held rows would only add check compute)."""
         assert self.net is not None
-        half = self.probe.head(math.ceil(len(self.probe) / 2))
+        half = self.probe.half()
         self.check_rows += half.rows
         return recalibrate_batchnorm(self.net.model, self.net.candidate_graph([], "train"), half)
 

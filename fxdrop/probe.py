@@ -118,6 +118,11 @@ class Probe:
     def clear(self) -> None:
         self.held, self.targets, self.steps, self._next = [], [], [], 0
 
+    def half(self) -> "Probe":
+        """The first half of these batches (rounded up; the same tensors): for checks that need less
+        precision than a cost against the tolerance."""
+        return self.head(math.ceil(len(self) / 2))
+
     def head(self, batches: int) -> "Probe":
         """A probe holding the first ``batches`` of these batches (the same tensors, not copies): a
         cheaper, noisier check."""

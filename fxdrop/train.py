@@ -61,6 +61,11 @@ class TrainConfig:
     # (tests inject a sleep into one arm to play "load from another process")
     step_hook: Callable[[str, int], None] | None = field(default=None, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        # checked here, not when a run starts: a bad value must fail before a model is built and traced
+        if self.schedule not in ("onecycle", "constant"):
+            raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
+
 
 @dataclass
 class RunResult:
@@ -177,8 +182,6 @@ class TrainRun:
             torch.set_rng_state(outer)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay, nesterov=True)
-        if cfg.schedule not in ("onecycle", "constant"):
-            raise ValueError(f"schedule must be 'onecycle' or 'constant', got {cfg.schedule!r}")
         self.sched = (torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=self.total,
                                                           pct_start=0.15) if cfg.schedule == "onecycle"
                       else torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0))

@@ -81,6 +81,7 @@ def test_cli_user_factory_and_ld_knobs(capsys, one_thread):
 
 # --- interleaved training, timing, full-matched ----------------------------------------------------------
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -316,7 +317,8 @@ def test_train_run_learning_rate_schedule(one_thread, schedule):
         assert lrs[0] == pytest.approx(0.002) and max(lrs) == pytest.approx(0.05) and lrs[-1] < 1e-3
 
 
-def test_train_run_rejects_an_unknown_schedule():
-    d = data.load("mnist-small").limit(64, 64)
+def test_train_config_rejects_an_unknown_schedule():
     with pytest.raises(ValueError, match="schedule must be 'onecycle' or 'constant', got 'cosine'"):
-        TrainRun(tiny_resnet, d, TrainConfig(schedule="cosine", progress=False), "none")
+        TrainConfig(schedule="cosine", progress=False)
+    with pytest.raises(ValueError, match="got 'cosine'"):
+        dataclasses.replace(TrainConfig(), schedule="cosine")

@@ -40,6 +40,12 @@ def test_probe_keeps_a_ring_of_detached_slices_every_stride_steps():
         Probe(batches=0)
     head = p.head(1)  # the cheaper screen: the first held batch, the same tensors
     assert len(head) == 1 and head.rows == 3 and head.held[0][0][0] is a6 and len(p) == 2
+    half = p.half()  # half of the held batches, rounded up: 2 -> 1
+    assert len(half) == 1 and half.held[0][0][0] is a6
+    three = Probe(batches=3, samples=2)
+    for step in range(3):
+        three.offer(step, (torch.zeros(2, 1),), {})
+    assert len(three.half()) == 2 and len(three.half().half()) == 1
 
 
 def test_drop_cost_disagreement_and_kl_hand_computed():

@@ -43,6 +43,7 @@ PHASE1 = {  # label: (kind, LearnAndDrop options)
     "learn-and-drop": ("learn-and-drop", {}),
     "l&d, no total_steps": ("learn-and-drop", {"total_steps": None}),
     "l&d, target 2x": ("learn-and-drop", {"target_speedup": 2.0}),
+    "l&d, target 2x by FLOPs": ("learn-and-drop", {"target_speedup": 2.0, "target_measure": "flops"}),
     "l&d, reinvest 0": ("learn-and-drop", {"reinvest": 0.0}),
 }
 PHASE2 = ("full-matched", "random")
@@ -73,20 +74,22 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     train_interleaved([warm])  # untimed: one-off start-up costs land here
     del warm
     runs = {label: TrainRun(factory, data, dataclasses.replace(cfg, ld_options=opts), kind, label=label)
-            for label, (kind, opts) in PHASE1.items()}
+            for label, (kind, opts) in PHASE1.items() if args.arms is None or label in args.arms}
     t0 = time.time()
     train_interleaved(list(runs.values()), progress=args.progress)
     rows = [_row(label, run, 1) for label, run in runs.items()]
-    ld_run = runs["learn-and-drop"]
-    ld = ld_run.result()
-    budget = time_matched_steps(runs["full"].result(), ld)
+    deps = {}
     extra = args.anchors
-    kinds = list(PHASE2) + (list(ANCHORS) if extra else [])
-    deps = {k: TrainRun(factory, data, cfg, k, reference=ld_run.policy,
-                        total_steps=budget if k == "full-matched" else None) for k in kinds}
+    if "learn-and-drop" in runs:  # the arms that follow Learn&Drop's run
+        ld_run = runs["learn-and-drop"]
+        budget = time_matched_steps(runs["full"].result(), ld_run.result())
+        kinds = list(PHASE2) + (list(ANCHORS) if extra else [])
+        deps = {k: TrainRun(factory, data, cfg, k, reference=ld_run.policy,
+                            total_steps=budget if k == "full-matched" else None) for k in kinds}
+    steps = runs["full"].result().steps
     for x in args.matched_at:  # the full network at a fixed speed-up: what the target costs without dropping
         label = f"full, {x:g}x fewer steps"
-        deps[label] = TrainRun(factory, data, cfg, "full-matched", label=label, total_steps=max(1, round(ld.steps / x)))
+        deps[label] = TrainRun(factory, data, cfg, "full-matched", label=label, total_steps=max(1, round(steps / x)))
     if extra:
         deps.update({label: TrainRun(factory, data, dataclasses.replace(cfg, ld_options=opts), kind, label=label)
                      for label, (kind, opts) in ABLATIONS.items()})
@@ -122,10 +125,15 @@ def main(argv: list[str] | None = None) -> None:
                    "two ablations (no check; no BatchNorm re-estimation) on every seed")
     p.add_argument("--matched-at", type=float, nargs="*", default=[1.5, 2.0], metavar="X",
                    help="also the full network trained for 1/X of the steps (its OneCycle over them), per X")
+    p.add_argument("--arms", nargs="+", choices=list(PHASE1), default=None, metavar="LABEL",
+                   help="only these phase-1 arms (the full network always; the time-matched and random arms "
+                        f"need 'learn-and-drop'); labels: {', '.join(map(repr, PHASE1))}")
     p.add_argument("--out", default="docs/measurements/evidence")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.arms is not None and "full" not in args.arms:
+        args.arms.append("full")  # every speed-up and accuracy is paired with it
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import time
+from statistics import median
 import warnings
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 __all__ = ["Policy", "NoDrop", "LearnAndDrop", "RandomDrop", "PositionDrop", "FixedDrop"]
 
 _ACTIONS = ("drop", "freeze")
+_MEASURES = ("time", "flops")
+_TIMES_KEPT = 64  # step times kept per graph (the most recent): a median over them
+_TIMES_NEEDED = 8  # step times a graph needs before its median counts
 
 
 class Policy:
@@ -151,6 +155,7 @@ class LearnAndDrop(Policy):
         reinvest: float = 0.5,
         probation: int = 3,
         shock: float = 0.05,
+        target_measure: str = "time",
         never: Iterable[str] = (),
         action: str = "drop",
     ):
@@ -185,6 +190,7 @@ class LearnAndDrop(Policy):
             ("probation", probation, isinstance(probation, int) and not isinstance(probation, bool) and probation >= 0,
              "an int >= 0"),
             ("shock", shock, _num(shock) and 0 <= shock <= 1, "in [0, 1]"),
+            ("target_measure", target_measure, target_measure in _MEASURES, f"one of {_MEASURES}"),
         ]
         for name, value, ok, what in checks:
             if not ok:
@@ -198,7 +204,7 @@ class LearnAndDrop(Policy):
         self.check, self.recalibrate, self.final_fraction = check, recalibrate, final_fraction
         self.check_budget, self.reinvest = check_budget, reinvest
         self.probation = probation if action == "drop" else 0  # a frozen unit still runs: nothing to recover
-        self.shock = shock
+        self.shock, self.target_measure = shock, target_measure
         self.on_probation: dict[str, int] = {}  # units dropped on probation -> step of their lasting-cost check
         self.restored: list[tuple[int, list[str]]] = []  # (step, names) of every cohort put back after probation
         self._restored_now: list[str] = []
@@ -215,6 +221,10 @@ class LearnAndDrop(Policy):
         self.backoff: dict[str, tuple[int, int]] = {}  # unit -> (retry at step, intervals to wait next)
         self.checks: list[dict] = []  # every check: step, units, cost, disagreement, kl, accepted
         self.check_seconds = 0.0  # wall time spent in checks and BatchNorm re-estimation
+        # wall time of recent training steps per forward-FLOPs fraction of the graph that ran them (checks
+        # left out): what the time-measured speed-up target learns the fixed cost of a step from
+        self.step_times: dict[str, list[float]] = {}
+        self._clock: tuple[float, float] | None = None  # (perf_counter, check_seconds) at the last step
 
     def observe_lr(self, lr: float) -> None:
         self._lr_sum += lr
@@ -262,16 +272,52 @@ class LearnAndDrop(Policy):
         return max(0, min(self.horizon, (self.total_steps - step) // self.interval))
 
     def predicted_speedup(self, step: int, extra_flops: int = 0) -> float:
-        """The speed-up the FLOPs predict if ``extra_flops`` more were dropped now: over the whole run
-        (``1 / mean fraction`` with the steps so far) when ``total_steps`` is known, else from now on."""
+        """The speed-up predicted if ``extra_flops`` more were dropped now: over the whole run when
+        ``total_steps`` is known (the steps so far as they ran), else from now on. With
+        ``target_measure="flops"`` it is the forward FLOPs' (``1 / mean fraction``); with ``"time"`` a step
+        is modelled as taking ``t_full · (c + (1 − c) · fraction)``, the fixed share ``c`` (stem, head,
+        optimizer, data) measured from the run's own step times (:meth:`time_model`), and the time spent
+        in checks so far counts against it (docs/method.md)."""
         assert self.net is not None
         total = max(self.net.full_flops("train"), 1)
         gone = sum(u.flops for u in self.net.units if u.dropped or u.frozen) + extra_flops
         frac = max(1.0 - gone / total, 1e-9)
+        t_full, c = self.time_model() if self.target_measure == "time" else (None, 0.0)
         if self.total_steps is None or step >= self.total_steps:
-            return 1.0 / frac
-        mean = (self._frac_sum + frac * (self.total_steps - step)) / self.total_steps
+            return 1.0 / (c + (1 - c) * frac)
+        checks = self.check_seconds / t_full if t_full else 0.0  # in full steps' time
+        T = self.total_steps
+        mean = (c * T + (1 - c) * (self._frac_sum + frac * (T - step)) + checks) / T
         return 1.0 / mean
+
+    def time_model(self) -> tuple[float | None, float]:
+        """``(t_full, c)``: the median wall time of a training step with nothing dropped, and the share of
+        it that dropping does not shrink, fitted to the median step time of every graph run since
+        (least squares of ``t / t_full − fraction = c · (1 − fraction)``, weighted by the steps timed;
+        clipped to [0, 0.95]). ``(None, 0.0)`` until the full graph has :data:`_TIMES_NEEDED` steps timed;
+        ``c`` is 0 (the FLOPs' model) until a graph with units dropped has as many."""
+        full = self.step_times.get(_frac_key(1.0), [])
+        if len(full) < _TIMES_NEEDED:
+            return None, 0.0
+        t_full = median(full)
+        num = den = 0.0
+        for key, times in self.step_times.items():
+            frac = float(key)
+            if frac < 1.0 and len(times) >= _TIMES_NEEDED:
+                w, r = len(times), median(times) / t_full
+                num += w * (1 - frac) * (r - frac)
+                den += w * (1 - frac) ** 2
+        return t_full, (min(max(num / den, 0.0), 0.95) if den else 0.0)
+
+    def _time_step(self, frac: float) -> None:
+        """Record the wall time since the previous training step under the FLOPs fraction that ran it,
+        less the time checks and BatchNorm re-estimation took in between."""
+        now = time.perf_counter()
+        if self._clock is not None:
+            times = self.step_times.setdefault(_frac_key(frac), [])
+            times.append(max(now - self._clock[0] - (self.check_seconds - self._clock[1]), 0.0))
+            del times[:-_TIMES_KEPT]
+        self._clock = (now, self.check_seconds)
 
     def _decide(self, step: int) -> list[str]:
         if self.net is None or self.tracker is None:
@@ -279,6 +325,7 @@ class LearnAndDrop(Policy):
         full = max(self.net.full_flops("train"), 1)
         frac = (self.net.flops("train") if self.action == "drop" else full) / full
         self._frac_sum += frac
+        self._time_step(frac)
         self.saved_rows += 3 * self._rows_since * (1.0 - frac)
         self._rows_since = 0
         if step % self.interval:
@@ -311,7 +358,8 @@ class LearnAndDrop(Policy):
         cands = [
             u for u in live
             if u.name not in self.never and u.name in scores and u.name not in bad
-            and len(self.tracker.changes[u.name]) >= self.window
+            # with a target the scores only order the candidates: no need to wait for a full window
+            and len(self.tracker.changes[u.name]) >= (1 if self.target_speedup is not None else self.window)
             and self.backoff.get(u.name, (0, 1))[0] <= step
             and (self.target_speedup is not None or self._stopped_learning(scores[u.name]))
         ]
@@ -509,6 +557,7 @@ class LearnAndDrop(Policy):
         sd["saved_rows"] = (self.saved_rows, self._rows_since)
         sd["probation"] = dict(self.on_probation)
         sd["restored"] = [[s, list(n)] for s, n in self.restored]
+        sd["step_times"] = {k: list(v) for k, v in self.step_times.items()}
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -526,6 +575,12 @@ class LearnAndDrop(Policy):
         self.saved_rows, self._rows_since = float(saved), int(since)
         self.on_probation = {k: int(v) for k, v in sd.get("probation", {}).items()}
         self.restored = [(int(s), list(n)) for s, n in sd.get("restored", [])]
+        self.step_times = {k: [float(t) for t in v] for k, v in sd.get("step_times", {}).items()}
+        self._clock = None  # the first step after a resume is not timed (the gap spans the restart)
+
+
+def _frac_key(frac: float) -> str:
+    return f"{frac:.6f}"
 
 
 def _num(v: object) -> bool:

@@ -240,6 +240,8 @@ BAD = [  # (argv, regex the one stderr line must match)
                                                           r"inputs .*larger --input-size"),
     (["units", "--level", "top"], r"--level: 'top' is not a level: give an int >= 0, 'inner' or 'outer'"),
     (["run", "--ld", "probation=-1"], r"--ld: LearnAndDrop: probation must be an int >= 0, got -1"),
+    (["run", "--ld", "target_measure=wall"],
+     r"--ld: LearnAndDrop: target_measure must be one of \('time', 'flops'\), got 'wall'"),
 ]
 
 

@@ -213,8 +213,9 @@ def test_checked_policy_accepts_within_tolerance_and_recalibrates():
 
 
 def test_target_speedup_drops_until_the_predicted_speedup_is_reached():
+    # target_measure="flops": deterministic (the time model is tested on its own below)
     pol = fxdrop.LearnAndDrop(interval=2, warmup=0, window=2, plateau=1e-9, tolerance=1.0, target_speedup=1.3,
-                              total_steps=40, probe_samples=8)
+                              total_steps=40, probe_samples=8, target_measure="flops")
     net = _small_net(pol)
     _train_steps(net, pol, 12)
     assert net.dropped, "plateau=1e-9 never fires: only the target makes candidates"
@@ -228,7 +229,7 @@ def test_target_speedup_drops_until_the_predicted_speedup_is_reached():
 
 
 def test_predicted_speedup_hand_computed():
-    pol = fxdrop.LearnAndDrop(total_steps=100)
+    pol = fxdrop.LearnAndDrop(total_steps=100, target_measure="flops")
     net = _small_net(pol)
     full = net.full_flops("train")
     u = net.unit("layer4.1")
@@ -237,6 +238,62 @@ def test_predicted_speedup_hand_computed():
     assert pol.predicted_speedup(40, u.flops) == pytest.approx(100 / (40 + 60 * f))
     pol.total_steps = None
     assert pol.predicted_speedup(40, u.flops) == pytest.approx(1 / f)
+
+
+def test_time_model_hand_computed():
+    pol = fxdrop.LearnAndDrop(total_steps=100)
+    assert pol.time_model() == (None, 0.0)  # nothing timed yet
+    pol.step_times = {"1.000000": [1.0] * 7 + [1.2, 9.0], "0.500000": [0.6] * 7}
+    assert pol.time_model() == (1.0, 0.0)  # median of the full graph (one outlier); 7 dropped-graph steps: too few
+    pol.step_times["0.500000"].append(0.6)
+    t_full, c = pol.time_model()  # 0.6 = 1.0 * (c + (1 - c) * 0.5)
+    assert t_full == 1.0 and c == pytest.approx(0.2)
+    # two graphs: least squares of r - f = c (1 - f), weighted by the steps timed
+    pol.step_times["0.250000"] = [0.55] * 16
+    num = 8 * 0.5 * (0.6 - 0.5) + 16 * 0.75 * (0.55 - 0.25)
+    den = 8 * 0.5 ** 2 + 16 * 0.75 ** 2
+    assert pol.time_model()[1] == pytest.approx(num / den)
+    pol.step_times = {"1.000000": [1.0] * 8, "0.500000": [1.5] * 8}  # slower after a drop: clipped
+    assert pol.time_model()[1] == 0.95
+
+
+def test_predicted_speedup_by_time_hand_computed():
+    pol = fxdrop.LearnAndDrop(total_steps=100)
+    net = _small_net(pol)
+    u = net.unit("layer4.1")
+    f = 1 - u.flops / net.full_flops("train")
+    pol._frac_sum, pol.check_seconds = 40.0, 2.0  # 40 full steps so far, 2 s of checks
+    assert pol.predicted_speedup(40, u.flops) == pytest.approx(100 / (40 + 60 * f + 0))  # untimed: the FLOPs' model
+    pol.step_times = {"1.000000": [0.5] * 8, "0.500000": [0.3] * 8}  # t_full 0.5 s, c = 0.2
+    checks = 2.0 / 0.5
+    assert pol.predicted_speedup(40, u.flops) == pytest.approx(100 / (0.2 * 100 + 0.8 * (40 + 60 * f) + checks))
+    pol.total_steps = None
+    assert pol.predicted_speedup(40, u.flops) == pytest.approx(1 / (0.2 + 0.8 * f))
+
+
+def test_step_times_leave_checks_out_and_survive_a_resume(monkeypatch):
+    pol = fxdrop.LearnAndDrop(total_steps=100)
+    clock = iter([10.0, 10.5, 11.5])
+    monkeypatch.setattr(fxdrop.policy.time, "perf_counter", lambda: next(clock))
+    pol._time_step(1.0)  # the first step starts the clock
+    assert pol.step_times == {}
+    pol._time_step(1.0)
+    pol.check_seconds += 0.4  # a check between the next two steps
+    pol._time_step(0.5)
+    assert pol.step_times == {"1.000000": [0.5], "0.500000": [pytest.approx(0.6)]}
+    again = fxdrop.LearnAndDrop(total_steps=100)
+    again.load_state_dict(pol.state_dict())
+    assert again.step_times == pol.step_times and again._clock is None
+
+
+def test_with_a_target_candidates_do_not_wait_for_the_score_window():
+    kw = dict(interval=2, warmup=0, window=4, plateau=1e-9, tolerance=1.0, total_steps=40, probe_samples=8)
+    pol = fxdrop.LearnAndDrop(target_speedup=1.3, **kw)
+    _train_steps(_small_net(pol), pol, 8)
+    assert pol.events and pol.events[0][0] == 2  # the first boundary, not the fourth
+    plain = fxdrop.LearnAndDrop(stop=1.0, **kw)  # every unit a candidate by its scores, after the window
+    _train_steps(_small_net(plain), plain, 8)
+    assert plain.events and plain.events[0][0] == 8
 
 
 def test_no_drop_in_the_final_fraction_when_total_steps_is_known():

@@ -115,7 +115,10 @@ class LearnAndDrop(Policy):
     (it lost that share of its own peak learning pace) *and*, if ``threshold`` is set, whose
     continuation score is at most ``threshold`` is a candidate; with ``stop`` set, a plateau ratio at
     most ``stop`` alone makes a candidate. With ``target_speedup`` set, every live unit is a candidate
-    until the FLOPs-predicted speed-up of the run reaches the target (the budget knob).
+    from the first boundary until the speed-up predicted for the run reaches the target (the budget
+    knob): in measured step time by default (``target_measure="time"``: the share of a step that
+    dropping does not shrink is fitted from the run's own step times), or in forward FLOPs
+    (``"flops"``, independent of the machine).
 
     Candidates are then **checked** on a few held training batches (:mod:`fxdrop.probe`). With
     ``probation`` (the default, 3 intervals) a drop passes when it changes at most ``shock`` of the held

@@ -114,8 +114,8 @@ class LearnAndDrop(Policy):
     ``warmup`` on, a unit with at least ``window`` scores whose plateau ratio is at most ``plateau``
     (it lost that share of its own peak learning pace) *and*, if ``threshold`` is set, whose
     continuation score is at most ``threshold`` is a candidate; with ``stop`` set, a plateau ratio at
-    most ``stop`` alone makes a candidate. With ``target_speedup`` set, every live unit is a candidate
-    from the first boundary until the speed-up predicted for the run reaches the target (the budget
+    most ``stop`` alone makes a candidate. With ``target_speedup`` set, every live unit with ``window``
+    scores is a candidate until the speed-up predicted for the run reaches the target (the budget
     knob): in measured step time by default (``target_measure="time"``: the share of a step that
     dropping does not shrink is fitted from the run's own step times), or in forward FLOPs
     (``"flops"``, independent of the machine).
@@ -361,8 +361,10 @@ class LearnAndDrop(Policy):
         cands = [
             u for u in live
             if u.name not in self.never and u.name in scores and u.name not in bad
-            # with a target the scores only order the candidates: no need to wait for a full window
-            and len(self.tracker.changes[u.name]) >= (1 if self.target_speedup is not None else self.window)
+            # also with a target, where the scores only order the candidates: at the first boundaries every
+            # unit's drop moves many predictions, and a refused check spends the budget the later ones need
+            # (docs/method.md, the budget knob)
+            and len(self.tracker.changes[u.name]) >= self.window
             and self.backoff.get(u.name, (0, 1))[0] <= step
             and (self.target_speedup is not None or self._stopped_learning(scores[u.name]))
         ]

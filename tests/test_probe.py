@@ -286,16 +286,6 @@ def test_step_times_leave_checks_out_and_survive_a_resume(monkeypatch):
     assert again.step_times == pol.step_times and again._clock is None
 
 
-def test_with_a_target_candidates_do_not_wait_for_the_score_window():
-    kw = dict(interval=2, warmup=0, window=4, plateau=1e-9, tolerance=1.0, total_steps=40, probe_samples=8)
-    pol = fxdrop.LearnAndDrop(target_speedup=1.3, **kw)
-    _train_steps(_small_net(pol), pol, 8)
-    assert pol.events and pol.events[0][0] == 2  # the first boundary, not the fourth
-    plain = fxdrop.LearnAndDrop(stop=1.0, **kw)  # every unit a candidate by its scores, after the window
-    _train_steps(_small_net(plain), plain, 8)
-    assert plain.events and plain.events[0][0] == 8
-
-
 def test_no_drop_in_the_final_fraction_when_total_steps_is_known():
     pol = fxdrop.LearnAndDrop(interval=2, warmup=0, window=2, plateau=1.0, tolerance=1.0, total_steps=20,
                               final_fraction=0.5, probe_samples=8)

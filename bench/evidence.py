@@ -43,8 +43,12 @@ PHASE1 = {  # label: (kind, LearnAndDrop options)
     "learn-and-drop": ("learn-and-drop", {}),
     "l&d, no total_steps": ("learn-and-drop", {"total_steps": None}),
     "l&d, target 2x": ("learn-and-drop", {"target_speedup": 2.0}),
-    "l&d, target 2x by FLOPs": ("learn-and-drop", {"target_speedup": 2.0, "target_measure": "flops"}),
     "l&d, reinvest 0": ("learn-and-drop", {"reinvest": 0.0}),
+}
+OPTIONAL = {  # phase-1 arms run only when named in --arms: the knob's two measures side by side
+    "l&d, target 2x by FLOPs": ("learn-and-drop", {"target_speedup": 2.0, "target_measure": "flops"}),
+    "l&d, target 1.5x": ("learn-and-drop", {"target_speedup": 1.5}),
+    "l&d, target 1.5x by FLOPs": ("learn-and-drop", {"target_speedup": 1.5, "target_measure": "flops"}),
 }
 PHASE2 = ("full-matched", "random")
 ANCHORS = ("thin", "position", "pld", "stochastic-depth", "freeze")
@@ -74,7 +78,8 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     train_interleaved([warm])  # untimed: one-off start-up costs land here
     del warm
     runs = {label: TrainRun(factory, data, dataclasses.replace(cfg, ld_options=opts), kind, label=label)
-            for label, (kind, opts) in PHASE1.items() if args.arms is None or label in args.arms}
+            for label, (kind, opts) in {**PHASE1, **OPTIONAL}.items()
+            if (args.arms is None and label in PHASE1) or (args.arms is not None and label in args.arms)}
     t0 = time.time()
     train_interleaved(list(runs.values()), progress=args.progress)
     rows = [_row(label, run, 1) for label, run in runs.items()]
@@ -125,9 +130,9 @@ def main(argv: list[str] | None = None) -> None:
                    "two ablations (no check; no BatchNorm re-estimation) on every seed")
     p.add_argument("--matched-at", type=float, nargs="*", default=[1.5, 2.0], metavar="X",
                    help="also the full network trained for 1/X of the steps (its OneCycle over them), per X")
-    p.add_argument("--arms", nargs="+", choices=list(PHASE1), default=None, metavar="LABEL",
+    p.add_argument("--arms", nargs="+", choices=list(PHASE1) + list(OPTIONAL), default=None, metavar="LABEL",
                    help="only these phase-1 arms (the full network always; the time-matched and random arms "
-                        f"need 'learn-and-drop'); labels: {', '.join(map(repr, PHASE1))}")
+                        f"need 'learn-and-drop'); labels: {', '.join(map(repr, {**PHASE1, **OPTIONAL}))}")
     p.add_argument("--out", default="docs/measurements/evidence")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)

@@ -371,6 +371,8 @@ class LearnAndDrop(Policy):
         cands.sort(key=lambda u: scores[u.name]["continuation"])
         if self.check and cands and not self.check_allowed(step):
             return []  # checks used their share of the compute: the candidates wait for a later boundary
+        if self.check and len(self.probe) and cands and not self._pays(cands, step, screened=False):
+            return []  # too late for these units to save what checking them would cost; it only gets later
         if self.check and len(self.probe) and cands:
             t0 = time.perf_counter()
             chosen = self._checked(cands, step)
@@ -384,6 +386,29 @@ class LearnAndDrop(Policy):
             else:
                 self.tracker.forget(name)
         return chosen
+
+    def _pays(self, units: Sequence, step: int, screened: bool) -> bool:
+        """Whether dropping ``units`` now could save more forward rows to the end of the run than the
+        checks still ahead would cost (always, when the run's length is unknown): ``3 · rows per step ·
+        their FLOPs share (within max_drop_fraction) · (total_steps − step)`` against, before the screen
+        (``screened=False``), the whole event (screen, sets, BatchNorm re-estimation, probation check),
+        after it the rest (docs/method.md)."""
+        if self.total_steps is None or self.net is None or not self.net.steps:
+            return True
+        full = max(self.net.full_flops("train"), 1)
+        share = min(sum(u.flops for u in units) / full, self.max_drop_fraction)
+        saves = 3 * (self.train_rows / self.net.steps) * share * max(0, self.total_steps - step)
+        on_trial = self._on_trial()
+        screen = self.probe.head(1) if on_trial else self.probe
+        wide = self.probe.half() if on_trial else self.probe
+        k = len(units)
+        sets = 1 + math.ceil(math.log2(k)) if k > 1 else (1 if screen is not wide else 0)
+        cost = (1 + sets) * wide.rows if sets else 0
+        cost += self.probe.half().rows if self.recalibrate else 0
+        cost += 2 * self.probe.rows if on_trial else 0
+        if not screened:
+            cost += (1 + k) * screen.rows
+        return saves > cost
 
     def _on_trial(self) -> bool:
         """Whether drops go on probation now: only with labels on every held batch. Without them the later
@@ -510,6 +535,10 @@ class LearnAndDrop(Policy):
                 ok.append((u, c))
             else:
                 self._reject(u.name, step)
+        if ok and not self._pays([u for u, _ in ok], step, screened=True):
+            for u, _ in ok:  # they passed, but could not save what the rest of the checks would cost
+                self._reject(u.name, step)
+            return []
         ok.sort(key=lambda uc: (max(price(uc[1]), 0.0) + 1e-6) / max(uc[0].flops, 1))
         sets: list[list] = []
         for u, _ in ok:

@@ -286,6 +286,28 @@ def test_step_times_leave_checks_out_and_survive_a_resume(monkeypatch):
     assert again.step_times == pol.step_times and again._clock is None
 
 
+@pytest.mark.parametrize("labelled", [False, True])
+def test_checks_run_only_while_the_drops_could_pay_for_them(labelled):
+    pol = fxdrop.LearnAndDrop(interval=2, window=2, plateau=1e-9, total_steps=1000, probe_samples=8)
+    net = _small_net(pol)
+    _train_steps(net, pol, 8)  # 16 rows a step; 4 held batches of 8 rows
+    if labelled:  # on trial: screen on 1 batch, sets on 2, probation check on all 4
+        pol.probe.targets = [torch.zeros(8, dtype=torch.long)] * 4
+    units = [net.unit("layer4.1"), net.unit("layer3.1")]
+    share = sum(u.flops for u in units) / net.full_flops("train")
+    # before the screen: screen (1 + 2 units), sets {1, 2} and the reference, BatchNorm (2 batches),
+    # probation (2 x 4 batches); after it, all but the screen
+    if labelled:
+        before, after = 3 * 8 + 3 * 16 + 16 + 64, 3 * 16 + 16 + 64
+    else:  # every stage on all 4 batches; no probation
+        before, after = 3 * 32 + 3 * 32 + 16, 3 * 32 + 16
+    for screened, cost in ((False, before), (True, after)):
+        last = max(s for s in range(1000) if 3 * 16 * share * (1000 - s) > cost)  # the last step that pays
+        assert pol._pays(units, last, screened) and not pol._pays(units, last + 1, screened)
+    pol.total_steps = None  # the end unknown: checks always may pay
+    assert pol._pays(units, 10 ** 6, False)
+
+
 def test_no_drop_in_the_final_fraction_when_total_steps_is_known():
     pol = fxdrop.LearnAndDrop(interval=2, warmup=0, window=2, plateau=1.0, tolerance=1.0, total_steps=20,
                               final_fraction=0.5, probe_samples=8)

@@ -14,6 +14,10 @@ For one model and data set and each seed, in one process (after an untimed warm-
   (progressive layer dropping, stochastic depth, freezing) and two ablations of Learn&Drop (no check;
   no BatchNorm re-estimation without ``total_steps``) with ``--anchors``.
 
+``--arms`` runs only the named phase-1 arms (and the full network), among them the optional ones: the
+budget knob measured in FLOPs beside the default measured in time, at 2x and 1.5x. Without
+``learn-and-drop`` among them, phase 2 has only the ``--matched-at`` arms.
+
 Speed-ups are against phase 1's full network, by wall and by process CPU time (phase 2 shares no turn
 with it: its ratios carry the machine's drift between the phases; CPU time is the steadier measure).
 One JSON per seed is written as soon as it is done, so a long sweep can be stopped and resumed::

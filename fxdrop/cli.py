@@ -497,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "wait for the first, fast phase of learning to end)")
     r.add_argument("--target-speedup", type=_float_in(1, strict=False), default=None, metavar="X",
                    help="budget knob: Learn&Drop drops the cheapest units, as early as its checks allow, until "
-                   "the forward FLOPs predict this speed-up for the run; default: drop what stopped learning")
+                   "the run's measured step times predict this speed-up for it (--ld target_measure=flops: the "
+                   "forward FLOPs'); default: drop what stopped learning")
     r.add_argument("--tolerance", type=_float_in(0, strict=False), default=0.01, metavar="T",
                    help="largest accuracy a drop may cost when it happens, measured on held training batches "
                    "(0.01 = one point)")

@@ -372,7 +372,10 @@ class LearnAndDrop(Policy):
         if self.check and cands and not self.check_allowed(step):
             return []  # checks used their share of the compute: the candidates wait for a later boundary
         if self.check and len(self.probe) and cands and not self._pays(cands, step, screened=False):
-            return []  # too late for these units to save what checking them would cost; it only gets later
+            # too late for these units to save what checking them would cost; it only gets later
+            log.info("fxdrop: step %d: %s could not save what checking them costs before step %d; not tried",
+                     step, [u.name for u in cands], self.total_steps)
+            return []
         if self.check and len(self.probe) and cands:
             t0 = time.perf_counter()
             chosen = self._checked(cands, step)
@@ -538,6 +541,8 @@ class LearnAndDrop(Policy):
         if ok and not self._pays([u for u, _ in ok], step, screened=True):
             for u, _ in ok:  # they passed, but could not save what the rest of the checks would cost
                 self._reject(u.name, step)
+            log.info("fxdrop: step %d: %s passed the screen but could not save what the rest of their checks "
+                     "costs before step %d; kept", step, [u.name for u in ok], self.total_steps)
             return []
         ok.sort(key=lambda uc: (max(price(uc[1]), 0.0) + 1e-6) / max(uc[0].flops, 1))
         sets: list[list] = []

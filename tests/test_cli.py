@@ -97,7 +97,9 @@ from tests.models import tiny_resnet
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["run", "--model", "tests.models:tiny_resnet", "--train-limit", "512", "--test-limit", "256", "--epochs", "2",
-        "--batch-size", "64", "--no-progress", "--ld", "stop=1", "interval=2", "probation=0", "--warmup-epochs", "0.5", "--threads", "1"]
+        "--batch-size", "64", "--no-progress", "--ld", "stop=1", "interval=2", "probation=0",
+        # a 16-step run cannot repay its checks (LearnAndDrop._pays): a long run's length lets the drops happen
+        "total_steps=100000", "--warmup-epochs", "0.5", "--threads", "1"]
 
 
 @pytest.fixture
@@ -113,7 +115,8 @@ def test_interleaved_runs_equal_separate_runs(one_thread):
     torch.set_num_threads(1)  # tiny ops: a second thread only spins when other processes load the machine
     d = data.load("mnist-small").limit(384, 128)
     cfg = TrainConfig(epochs=2, batch_size=64, progress=False, interval=2, warmup_epochs=0.5,
-                      ld_options={"stop": 1.0, "tolerance": 1.0, "probation": 0})
+                      ld_options={"stop": 1.0, "tolerance": 1.0, "probation": 0,
+                                  "total_steps": 100_000})  # 16 steps could not repay the checks
     kinds = ("none", "learn-and-drop", "stochastic-depth")
     alone = {k: TrainRun(tiny_resnet, d, cfg, k) for k in kinds}
     for r in alone.values():

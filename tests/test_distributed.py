@@ -34,7 +34,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False, 
             from tests.models import narrow_resnet18
 
             model = narrow_resnet18(width=16)
-        pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=30, stop=0.3, tolerance=1.0, probation=1)
+        # 30 steps of 8 rows could not repay the checks (LearnAndDrop._pays): the policy is told of a long run
+        pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=100_000, stop=0.3, tolerance=1.0, probation=1)
         if disagree and rank == 1:
             pol.tolerance = -1.0  # this rank alone would restore every cohort after its probation
         net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, 32, 32),), policy=pol)

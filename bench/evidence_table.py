@@ -102,11 +102,16 @@ def plot(data: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     n = len(data)
-    fig, axes = plt.subplots(1, n, figsize=(5.6 * n + 3.2, 5.2), squeeze=False)
+    cols = min(3, n)  # a grid: a row of nine panels is unreadable
+    rows_ = -(-n // cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(5.6 * cols + 3.2, 5.0 * rows_), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.axis("off")
     markers = "osD^v<>pP*XhH"
     labels = list(dict.fromkeys(label for arms in data.values() for label in arms))
     colors = {label: plt.cm.tab20(i % 20) for i, label in enumerate(labels)}  # one colour per arm
-    for ax, ((model, dataset, epochs), arms) in zip(axes[0], data.items()):
+    for ax, ((model, dataset, epochs), arms) in zip(flat, data.items()):
         for label, rows in arms.items():
             i = labels.index(label)
             xs, ys = [r["rel_time"] for r in rows], [r["acc"] for r in rows]
@@ -119,8 +124,11 @@ def plot(data: dict, path: str) -> None:
         ax.set_ylabel("test accuracy %", fontsize=10)
         ax.set_title(f"{model} on {dataset}, {epochs} epochs", fontsize=11)
         ax.grid(alpha=0.3)
-    handles, names = axes[0][-1].get_legend_handles_labels()
-    axes[0][-1].legend(handles, names, fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    legend: dict = {}  # every arm of every panel, once
+    for ax in flat[:n]:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(name, handle)
+    flat[cols - 1].legend(list(legend.values()), list(legend), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Accuracy against training time (mean ± std over seeds; up and left is better)", fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

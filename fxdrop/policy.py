@@ -252,8 +252,7 @@ class LearnAndDrop(Policy):
         length of the run is unknown): 3 per training row, at the mean rows per step so far."""
         if self.total_steps is None or step is None or self.net is None or not self.net.steps:
             return 0.0
-        full = max(self.net.full_flops("train"), 1)
-        kept = sum(u.flops for u in self.net.units if u.dropped and u.name not in self.on_probation) / full
+        kept = self._share(u for u in self.net.units if u.dropped and u.name not in self.on_probation)
         return 3 * (self.train_rows / self.net.steps) * kept * max(0, self.total_steps - step)
 
     def observe_targets(self, step: int, targets) -> None:
@@ -282,9 +281,7 @@ class LearnAndDrop(Policy):
         optimizer, data) measured from the run's own step times (:meth:`time_model`), and the time spent
         in checks so far counts against it (docs/method.md)."""
         assert self.net is not None
-        total = max(self.net.full_flops("train"), 1)
-        gone = sum(u.flops for u in self.net.units if u.dropped or u.frozen) + extra_flops
-        frac = max(1.0 - gone / total, 1e-9)
+        frac = max(1.0 - self._share(self._gone(), extra_flops), 1e-9)
         t_full, c = self.time_model() if self.target_measure == "time" else (None, 0.0)
         if self.total_steps is None or step >= self.total_steps:
             return 1.0 / (c + (1 - c) * frac)
@@ -398,8 +395,7 @@ class LearnAndDrop(Policy):
         after it the rest (docs/method.md)."""
         if self.total_steps is None or self.net is None or not self.net.steps:
             return True
-        full = max(self.net.full_flops("train"), 1)
-        share = min(sum(u.flops for u in units) / full, self.max_drop_fraction)
+        share = min(self._share(units), self.max_drop_fraction)
         saves = 3 * (self.train_rows / self.net.steps) * share * max(0, self.total_steps - step)
         on_trial = self._on_trial()
         screen = self.probe.head(1) if on_trial else self.probe
@@ -479,16 +475,23 @@ class LearnAndDrop(Policy):
         """Whether dropping ``units`` (besides what is gone) respects the caps and does not overshoot
         a speed-up target already met without the last of them."""
         assert self.net is not None
-        total = max(self.net.full_flops("train"), 1)
-        gone = sum(u.flops for u in self.net.units if u.dropped or u.frozen)
-        extra = sum(u.flops for u in units)
-        if (gone + extra) / total > self.max_drop_fraction + 1e-12:
+        if self._share([*self._gone(), *units]) > self.max_drop_fraction + 1e-12:
             return False
         if self.max_drops_per_event is not None and len(units) > self.max_drops_per_event:
             return False
         if self.target_speedup is not None and len(units) > 1:
-            return self.predicted_speedup(step, extra - units[-1].flops) < self.target_speedup
+            return self.predicted_speedup(step, sum(u.flops for u in units[:-1])) < self.target_speedup
         return True
+
+    def _gone(self) -> list:
+        """Units whose forward no longer runs or whose weights no longer train (dropped or frozen)."""
+        assert self.net is not None
+        return [u for u in self.net.units if u.dropped or u.frozen]
+
+    def _share(self, units: Iterable, extra_flops: int = 0) -> float:
+        """The share of the full training graph's forward FLOPs that ``units`` (plus ``extra_flops``) make."""
+        assert self.net is not None
+        return (sum(u.flops for u in units) + extra_flops) / max(self.net.full_flops("train"), 1)
 
     def _within_budget(self, cands: Sequence, step: int) -> list[str]:
         chosen: list = []

@@ -13,8 +13,8 @@ import logging
 import math
 import random
 import time
-from statistics import median
 import warnings
+from statistics import median
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .distributed import agree

@@ -49,7 +49,9 @@ PHASE1 = {  # label: (kind, LearnAndDrop options)
     "l&d, target 2x": ("learn-and-drop", {"target_speedup": 2.0}),
     "l&d, reinvest 0": ("learn-and-drop", {"reinvest": 0.0}),
 }
-OPTIONAL = {  # phase-1 arms run only when named in --arms: the knob's two measures side by side
+OPTIONAL = {  # phase-1 arms run only when named in --arms: the knob's two measures side by side, and an
+    # A/A control (a second instance of the full network: how far two identical arms' times differ)
+    "full, again": ("none", {}),
     "l&d, target 2x by FLOPs": ("learn-and-drop", {"target_speedup": 2.0, "target_measure": "flops"}),
     "l&d, target 1.5x": ("learn-and-drop", {"target_speedup": 1.5}),
     "l&d, target 1.5x by FLOPs": ("learn-and-drop", {"target_speedup": 1.5, "target_measure": "flops"}),

@@ -15,7 +15,8 @@ For one model and data set and each seed, in one process (after an untimed warm-
   no BatchNorm re-estimation without ``total_steps``) with ``--anchors``.
 
 ``--arms`` runs only the named phase-1 arms (and the full network), among them the optional ones: the
-budget knob measured in FLOPs beside the default measured in time, at 2x and 1.5x. Without
+budget knob measured in FLOPs beside the default measured in time, at 2x and 1.5x, and ``full, again``:
+a second instance of the full network, an A/A control of how far two identical arms' times differ. Without
 ``learn-and-drop`` among them, phase 2 has only the ``--matched-at`` arms.
 
 Speed-ups are against phase 1's full network, by wall and by process CPU time (phase 2 shares no turn

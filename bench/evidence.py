@@ -85,8 +85,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     train_interleaved([warm])  # untimed: one-off start-up costs land here
     del warm
     runs = {label: TrainRun(factory, data, dataclasses.replace(cfg, ld_options=opts), kind, label=label)
-            for label, (kind, opts) in {**PHASE1, **OPTIONAL}.items()
-            if (args.arms is None and label in PHASE1) or (args.arms is not None and label in args.arms)}
+            for label, (kind, opts) in {**PHASE1, **OPTIONAL}.items() if label in (args.arms or PHASE1)}
     t0 = time.time()
     train_interleaved(list(runs.values()), progress=args.progress)
     rows = [_row(label, run, 1) for label, run in runs.items()]

@@ -397,9 +397,7 @@ class LearnAndDrop(Policy):
             return True
         share = min(self._share(units), self.max_drop_fraction)
         saves = 3 * (self.train_rows / self.net.steps) * share * max(0, self.total_steps - step)
-        on_trial = self._on_trial()
-        screen = self.probe.head(1) if on_trial else self.probe
-        wide = self.probe.half() if on_trial else self.probe
+        on_trial, screen, wide = self._check_probes()
         k = len(units)
         sets = 1 + math.ceil(math.log2(k)) if k > 1 else (1 if screen is not wide else 0)
         cost = (1 + sets) * wide.rows if sets else 0
@@ -408,6 +406,16 @@ class LearnAndDrop(Policy):
         if not screened:
             cost += (1 + k) * screen.rows
         return saves > cost
+
+    def _check_probes(self) -> tuple[bool, Probe, Probe]:
+        """``(on_trial, screen, wide)``: whether drops go on probation, and the held batches a choice's
+        single-unit screen and its sets run on (what :meth:`_checked` runs and :meth:`_pays` prices). The
+        shock bound needs less precision than a cost against the tolerance (5% against 1%): on trial the
+        screen runs on one held batch and the sets on half of them, the lasting-cost check on all."""
+        on_trial = self._on_trial()
+        if not on_trial:
+            return False, self.probe, self.probe
+        return True, self.probe.head(1), self.probe.half()
 
     def _on_trial(self) -> bool:
         """Whether drops go on probation now: only with labels on every held batch. Without them the later
@@ -527,11 +535,7 @@ class LearnAndDrop(Policy):
         def price(c) -> float:
             return c.disagreement if on_trial else c.cost
 
-        on_trial = self._on_trial()
-        screen = self.probe.head(1) if on_trial else self.probe
-        # the shock bound needs less precision than a cost against the tolerance (5% against 1%): on trial
-        # the sets run on half of the held batches, the lasting-cost check on all of them
-        wide = self.probe.half() if on_trial else self.probe
+        on_trial, screen, wide = self._check_probes()
         ok = []
         for u, c in zip(cands, measure([[u] for u in cands], screen)):
             if u.scores and u.scores[-1].get("step") == step:

@@ -3,7 +3,8 @@
 For every choice the default Learn&Drop arm made (its single-unit screen records), ask the real policy,
 set to that run's step, rows and held batches, whether the event would still run (before the screen,
 with every screened unit) and whether the units that passed would still be taken (after it). Prints the
-events the rule changes, with the rows the passing units could save against the checks ahead::
+events the rule changes, with the rows those units could save against the checks ahead
+(``LearnAndDrop.payoff``)::
 
     python bench/replay_payoff.py docs/measurements/evidence/*.json
 """
@@ -48,7 +49,8 @@ def replay(doc: dict) -> list[tuple]:
         before = pol._pays(cands, step, screened=False)
         after = not passed or pol._pays(passed, step, screened=True)
         if not (before and after):
-            changed.append((step, [u.name for u in cands], [u.name for u in passed], before, after))
+            saves, cost = pol.payoff(cands if not before else passed, step, screened=before)
+            changed.append((step, [u.name for u in cands], [u.name for u in passed], before, saves, cost))
     return changed
 
 
@@ -61,9 +63,10 @@ def main() -> None:
             continue
         changes = replay(doc)
         print(f"{path}: {'no choice changes' if not changes else ''}")
-        for step, cands, passed, before, after in changes:
+        for step, cands, passed, before, saves, cost in changes:
             print(f"  step {step}: screened {cands}, passed {passed}: "
-                  f"{'event not run' if not before else 'passed units not taken'}")
+                  f"{'event not run' if not before else 'passed units not taken'} "
+                  f"(could save {saves:,.0f} forward rows, checks ahead {cost:,})")
 
 
 if __name__ == "__main__":

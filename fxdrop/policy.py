@@ -389,12 +389,18 @@ class LearnAndDrop(Policy):
 
     def _pays(self, units: Sequence, step: int, screened: bool) -> bool:
         """Whether dropping ``units`` now could save more forward rows to the end of the run than the
-        checks still ahead would cost (always, when the run's length is unknown): ``3 · rows per step ·
-        their FLOPs share (within max_drop_fraction) · (total_steps − step)`` against, before the screen
-        (``screened=False``), the whole event (screen, sets, BatchNorm re-estimation, probation check),
-        after it the rest (docs/method.md)."""
+        checks still ahead would cost (always, when the run's length is unknown; :meth:`payoff`)."""
         if self.total_steps is None or self.net is None or not self.net.steps:
             return True
+        saves, cost = self.payoff(units, step, screened)
+        return saves > cost
+
+    def payoff(self, units: Sequence, step: int, screened: bool) -> tuple[float, int]:
+        """``(saves, cost)`` in forward rows, with ``total_steps`` known: ``3 · rows per step · the units'
+        FLOPs share (within max_drop_fraction) · (total_steps − step)`` against, before the screen
+        (``screened=False``), the whole check event (screen, sets, BatchNorm re-estimation, probation
+        check), after it the rest (docs/method.md)."""
+        assert self.net is not None and self.total_steps is not None and self.net.steps
         share = min(self._share(units), self.max_drop_fraction)
         saves = 3 * (self.train_rows / self.net.steps) * share * max(0, self.total_steps - step)
         on_trial, screen, wide = self._check_probes()
@@ -405,7 +411,7 @@ class LearnAndDrop(Policy):
         cost += 2 * self.probe.rows if on_trial else 0
         if not screened:
             cost += (1 + k) * screen.rows
-        return saves > cost
+        return saves, cost
 
     def _check_probes(self) -> tuple[bool, Probe, Probe]:
         """``(on_trial, screen, wide)``: whether drops go on probation, and the held batches a choice's

@@ -339,10 +339,12 @@ class LearnAndDrop(Policy):
         for u in live:
             if u.name in scores:
                 u.scores.append({"step": step, **scores[u.name]})
-        if self.on_probation:  # one cohort on probation at a time: judge it before choosing more
-            if step >= max(self.on_probation.values()):
-                self._end_probation(step)
-            return []
+        # each cohort is judged when its own probation ends; others may be chosen meanwhile: the lasting-cost
+        # check puts back only the cohort judged, so cohorts dropped later do not blur its verdict
+        for end in sorted({e for e in self.on_probation.values() if e <= step}):
+            self._end_probation(step, [n for n, e in self.on_probation.items() if e == end])
+        if self._restored_now:
+            return []  # the network just changed back: choose from the next boundary's scores
         if step < self.warmup:
             return []
         if self.total_steps is not None and step > (1 - self.final_fraction) * self.total_steps:
@@ -429,16 +431,16 @@ class LearnAndDrop(Policy):
         every drop would be restored; a drop must then pass the tolerance at once."""
         return bool(self.probation) and len(self.probe) > 0 and self.probe.labelled
 
-    def _end_probation(self, step: int) -> None:
-        """Judge the cohort dropped ``probation`` intervals ago, now that the rest of the network has
-        trained without it: its *lasting* cost is that of the network as it is against the same network
-        with the cohort put back (current weights, the cohort's as they were when dropped). Within
-        ``tolerance`` the drop stands; above it the cohort is restored (the check measured the network to
-        be better with it) and waits like a refused unit."""
+    def _end_probation(self, step: int, names: list[str]) -> None:
+        """Judge the cohort ``names``, dropped ``probation`` intervals ago, now that the rest of the network
+        has trained without it: its *lasting* cost is that of the network as it is against the same
+        network with the cohort put back (current weights, the cohort's as they were when dropped; units
+        dropped since stay dropped in both). Within ``tolerance`` the drop stands; above it the cohort is
+        restored (the check measured the network to be better with it) and waits like a refused unit."""
         assert self.net is not None
-        net, names = self.net, list(self.on_probation)
-        self.on_probation.clear()
-        self._restored_now = []
+        net = self.net
+        for n in names:
+            del self.on_probation[n]
         if not len(self.probe):
             return
         t0 = time.perf_counter()
@@ -452,7 +454,7 @@ class LearnAndDrop(Policy):
                 self.tracker.forget(n)
         else:
             net.restore(*names)
-            self._restored_now = list(names)
+            self._restored_now += names
             for n in names:
                 self._reject(n, step)
             self.restored.append((step, names))

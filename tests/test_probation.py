@@ -42,13 +42,44 @@ def test_probation_keeps_a_drop_that_recovered_and_restores_one_that_did_not(mon
     _hold(net, x)
     net.steps = 0
     assert net.step() == ["layer1.0"] and pol.on_probation == {"layer1.0": 3}
-    assert net.step() == [] and net.dropped == ["layer1.0"]  # on probation: nothing else is chosen
+    assert net.step() == [] and net.dropped == ["layer1.0"]  # no other candidate meanwhile
     assert net.step() == []
     assert net.dropped == ([] if restored else ["layer1.0"]) and pol.on_probation == {}
     assert [c["stage"] for c in pol.checks] == [1, 1, "probation"]
     assert pol.checks[-1]["accepted"] is not restored
     if restored:
         assert pol.restored == [(3, ["layer1.0"])] and pol.backoff["layer1.0"] == (4, 2)
+
+
+def test_cohorts_on_probation_overlap_and_each_is_judged_alone(monkeypatch):
+    # layer1.0 dropped at step 1 (probation 2: judged at 3), layer1.1 chosen at step 2 while layer1.0 is
+    # on probation (judged at 4); at step 3 layer1.0's lasting cost 0.5 restores it, measured against the
+    # network with layer1.0 alone put back (layer1.1 stays dropped in both), and nothing is chosen then
+    seen = []
+    costs = iter([[0.03], [0.03], [0.02], [0.02], [0.5], [0.005]])
+
+    def scripted(model, current, candidates, probe, seed=0):
+        seen.append((seed, current))
+        return [_Cost(c) for c in next(costs)]
+
+    monkeypatch.setattr(fxdrop.policy, "drop_cost", scripted)
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9)
+    net, x = _net(pol)
+    _hold(net, x)
+    net.steps = 0
+    assert net.step() == ["layer1.0"] and pol.on_probation == {"layer1.0": 3}
+    pol.table = _table([0.9, 0.2, 0.9, 0.9, 0.9])
+    assert net.step() == ["layer1.1"] and pol.on_probation == {"layer1.0": 3, "layer1.1": 4}
+    pol.table = _table([0.2, 0.9, 0.9, 0.9, 0.9])  # layer1.0 would be a candidate again, but was just restored
+    assert net.step() == [] and net.dropped == ["layer1.1"] and pol.on_probation == {"layer1.1": 4}
+    assert pol.restored == [(3, ["layer1.0"])]
+    step, reference = seen[4]
+    called = {n.target for n in reference.graph.nodes if n.op == "call_module"}
+    assert step == 3 and "layer1.0.conv1" in called and not any(t.startswith("layer1.1.") for t in called)
+    pol.table = _table([0.9] * 5)
+    assert net.step() == [] and net.dropped == ["layer1.1"] and pol.on_probation == {}
+    assert [(c["step"], c["units"], c["stage"], c["accepted"]) for c in pol.checks][-2:] == [
+        (3, ["layer1.0"], "probation", False), (4, ["layer1.1"], "probation", True)]
 
 
 def test_without_probation_the_drop_itself_must_be_within_tolerance(monkeypatch):

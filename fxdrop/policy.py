@@ -407,7 +407,7 @@ class LearnAndDrop(Policy):
         saves = 3 * (self.train_rows / self.net.steps) * share * max(0, self.total_steps - step)
         on_trial, screen, wide = self._check_probes()
         k = len(units)
-        sets = 1 + math.ceil(math.log2(k)) if k > 1 else (1 if screen is not wide else 0)
+        sets = len(_set_sizes(k)) - _screened_alone(screen, wide)
         cost = (1 + sets) * wide.rows if sets else 0
         cost += self.probe.half().rows if self.recalibrate else 0
         cost += 2 * self.probe.rows if on_trial else 0
@@ -565,9 +565,8 @@ class LearnAndDrop(Policy):
             trial = (sets[-1] if sets else []) + [u]
             if self._fits(trial, step):
                 sets.append(trial)
-        # sizes 1, 2, 4, ... and all of them: a few forwards of the held batches whatever the candidates
-        sets = [t for i, t in enumerate(sets, 1) if i & (i - 1) == 0 or i == len(sets)]
-        known = 0 if screen is not wide else 1  # a single unit already measured on every held batch
+        sets = [sets[i - 1] for i in _set_sizes(len(sets))]
+        known = _screened_alone(screen, wide)
         chosen: list = sets[0] if known and sets else []
         if len(sets) > known:
             for trial, c in zip(sets[known:], measure(sets[known:], wide)):
@@ -631,6 +630,18 @@ class LearnAndDrop(Policy):
         self.restored = [(int(s), list(n)) for s, n in sd.get("restored", [])]
         self.step_times = {k: [float(t) for t in v] for k, v in sd.get("step_times", {}).items()}
         self._clock = None  # the first step after a resume is not timed (the gap spans the restart)
+
+
+def _set_sizes(n: int) -> list[int]:
+    """The sizes of the sets a choice measures among ``n`` ordered units that passed the screen: 1, 2, 4,
+    ... and ``n`` (a few forwards of the held batches whatever the number of candidates)."""
+    return [i for i in range(1, n + 1) if i & (i - 1) == 0 or i == n]
+
+
+def _screened_alone(screen, wide) -> int:
+    """1 when the screen ran on the sets' held batches (no probation): the set of one unit is then
+    already measured, and neither run nor priced again; else 0."""
+    return int(screen is wide)
 
 
 def _frac_key(frac: float) -> str:

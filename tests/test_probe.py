@@ -299,13 +299,33 @@ def test_checks_run_only_while_the_drops_could_pay_for_them(labelled):
     # probation (2 x 4 batches); after it, all but the screen
     if labelled:
         before, after = 3 * 8 + 3 * 16 + 16 + 64, 3 * 16 + 16 + 64
-    else:  # every stage on all 4 batches; no probation
-        before, after = 3 * 32 + 3 * 32 + 16, 3 * 32 + 16
+    else:  # every stage on all 4 batches, so the set {1} is the screen's: set {1, 2} and the reference
+        before, after = 3 * 32 + 2 * 32 + 16, 2 * 32 + 16
     for screened, cost in ((False, before), (True, after)):
         last = max(s for s in range(1000) if 3 * 16 * share * (1000 - s) > cost)  # the last step that pays
         assert pol._pays(units, last, screened) and not pol._pays(units, last + 1, screened)
     pol.total_steps = None  # the end unknown: checks always may pay
     assert pol._pays(units, 10 ** 6, False)
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_payoff_prices_the_rows_a_choice_runs(labelled, k):
+    # what the payoff rule prices before the screen is what the choice then runs (screen and sets, counted
+    # in check_rows), plus BatchNorm re-estimation and, on trial, the probation check; every unit passes
+    pol = fxdrop.LearnAndDrop(interval=2, window=2, plateau=1e-9, total_steps=1000, probe_samples=8,
+                              tolerance=1.0, shock=1.0)
+    net = _small_net(pol)
+    _train_steps(net, pol, 8)
+    if labelled:
+        pol.probe.targets = [torch.zeros(8, dtype=torch.long)] * 4
+    units = net.units[:k]
+    _, cost = pol.payoff(units, 9, screened=False)
+    before = pol.check_rows
+    chosen = pol._checked(units, 9)
+    assert len(chosen) == k
+    on_trial, _, _ = pol._check_probes()
+    assert pol.check_rows - before == cost - pol.probe.half().rows - (2 * pol.probe.rows if on_trial else 0)
 
 
 def test_no_drop_in_the_final_fraction_when_total_steps_is_known():

@@ -124,7 +124,9 @@ class LearnAndDrop(Policy):
     ``probation`` (the default, 3 intervals) a drop passes when it changes at most ``shock`` of the held
     predictions at once; the largest passing set, cheapest per FLOP first, is dropped at once and put on
     probation: ``probation`` intervals later, its *lasting* cost (the network as it is against the same
-    network with the set put back) must be within ``tolerance``, or the set is restored. With
+    network with the set put back) must be within ``tolerance``, or the set is restored; with
+    ``total_steps`` known other units may be chosen meanwhile, without it one set is on probation at a
+    time. With
     ``probation=0`` a drop must cost at most ``tolerance`` at once. Refused and restored units are not
     tried again for 1, 2, 4, ... intervals; the dropped FLOPs stay within ``max_drop_fraction`` and at
     most ``max_drops_per_event`` go at once. After a drop or a restore, BatchNorm running statistics are
@@ -339,12 +341,18 @@ class LearnAndDrop(Policy):
         for u in live:
             if u.name in scores:
                 u.scores.append({"step": step, **scores[u.name]})
-        # each cohort is judged when its own probation ends; others may be chosen meanwhile: the lasting-cost
-        # check puts back only the cohort judged, so cohorts dropped later do not blur its verdict
+        # each cohort is judged when its own probation ends; with total_steps known, others may be chosen
+        # meanwhile: the lasting-cost check puts back only the cohort judged, so cohorts dropped later do
+        # not blur its verdict
         for end in sorted({e for e in self.on_probation.values() if e <= step}):
             self._end_probation(step, [n for n, e in self.on_probation.items() if e == end])
         if self._restored_now:
             return []  # the network just changed back: choose from the next boundary's scores
+        if self.on_probation and self.total_steps is None:
+            # the end unknown, no probation is sure to end before the run does: one unconfirmed cohort at
+            # a time, so a run that stops early stops with at most one (with total_steps known, the
+            # final-fraction rule below makes every probation end in time)
+            return []
         if step < self.warmup:
             return []
         if self.total_steps is not None and step > (1 - self.final_fraction) * self.total_steps:

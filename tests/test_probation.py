@@ -63,7 +63,8 @@ def test_cohorts_on_probation_overlap_and_each_is_judged_alone(monkeypatch):
         return [_Cost(c) for c in next(costs)]
 
     monkeypatch.setattr(fxdrop.policy, "drop_cost", scripted)
-    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9)
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9,
+                   total_steps=100)
     net, x = _net(pol)
     _hold(net, x)
     net.steps = 0
@@ -80,6 +81,20 @@ def test_cohorts_on_probation_overlap_and_each_is_judged_alone(monkeypatch):
     assert net.step() == [] and net.dropped == ["layer1.1"] and pol.on_probation == {}
     assert [(c["step"], c["units"], c["stage"], c["accepted"]) for c in pol.checks][-2:] == [
         (3, ["layer1.0"], "probation", False), (4, ["layer1.1"], "probation", True)]
+
+
+def test_without_total_steps_one_cohort_at_a_time(monkeypatch):
+    # the end unknown, a second cohort waits until the first is confirmed: a run that stops early stops
+    # with at most one cohort whose lasting cost was never checked
+    _scripted_costs(monkeypatch, [[0.03], [0.03], [0.005], [0.02], [0.02]])
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9)
+    net, x = _net(pol)
+    _hold(net, x)
+    net.steps = 0
+    assert net.step() == ["layer1.0"]
+    pol.table = _table([0.9, 0.2, 0.9, 0.9, 0.9])
+    assert net.step() == [] and pol.on_probation == {"layer1.0": 3}  # layer1.1 waits
+    assert net.step() == ["layer1.1"] and pol.on_probation == {"layer1.1": 5}  # layer1.0 confirmed at 3
 
 
 def test_without_probation_the_drop_itself_must_be_within_tolerance(monkeypatch):

@@ -372,15 +372,17 @@ class DropNet(nn.Module):
         return dict(self._fades)
 
     def candidate_graph(self, names: Iterable[str] = (), mode: str = "train",
-                        fades: dict[str, float] | None = None) -> fx.GraphModule:
-        """The ``mode`` graph with ``names`` bypassed besides the units dropped now and the current fades
-        with ``fades`` laid over them (weight 1 removes a fade), without changing anything (a pure rewrite
-        sharing this model's parameters): what a drop or a fade step would run, for checks."""
+                        fades: dict[str, float] | None = None, restore: Iterable[str] = ()) -> fx.GraphModule:
+        """The ``mode`` graph with ``names`` bypassed besides the units dropped now, except those in
+        ``restore`` (run again, with their weights as they are), and the current fades with ``fades`` laid
+        over them (weight 1 removes a fade), without changing anything (a pure rewrite sharing this model's
+        parameters): what a drop, a restore or a fade step would run, for checks."""
         names = {self.unit(n).name for n in names}  # unknown names raise UnitError
+        back = {self.unit(n).name for n in restore}
         weights = dict(self._fades)
         for n, a in (fades or {}).items():
             weights[self.unit(n).name] = float(a)
-        return self._graph(mode, names | set(self.dropped), {k: a for k, a in weights.items() if a < 1})
+        return self._graph(mode, (names | set(self.dropped)) - back, {k: a for k, a in weights.items() if a < 1})
 
     def _graph(self, mode: str, drop: set[str], fades: dict[str, float]) -> fx.GraphModule:
         """The full ``mode`` graph with ``drop`` bypassed and the other units in ``fades`` blended."""

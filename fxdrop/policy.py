@@ -452,7 +452,7 @@ class LearnAndDrop(Policy):
         if not len(self.probe):
             return
         t0 = time.perf_counter()
-        back = self._graph_without(names)
+        back = net.candidate_graph([], "train", restore=names)
         (c,) = drop_cost(net.model, back, [net.candidate_graph([], "train")], self.probe, step)
         self.check_rows += 2 * self.probe.rows
         accepted = c.cost <= self.tolerance
@@ -484,11 +484,6 @@ class LearnAndDrop(Policy):
             if undo:
                 self.net.drop(*undo)
             self.net.restore(*[n for n in back if self.net.unit(n).dropped])
-
-    def _graph_without(self, names: Sequence[str]):
-        """The train graph with ``names`` put back (the other dropped units stay dropped)."""
-        assert self.net is not None
-        return self.net._graph("train", set(self.net.dropped) - set(names), self.net.fading)
 
     def _stopped_learning(self, s: dict[str, float]) -> bool:
         if self.stop is not None and s["plateau"] <= self.stop:

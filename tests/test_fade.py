@@ -51,6 +51,21 @@ def test_fade_next_to_a_dropped_unit_and_drop_clears_fade():
     assert net.fading == {} and net.dropped == ["layer1.0", "layer1.1"]
 
 
+def test_candidate_graph_with_dropped_units_put_back():
+    # the probation reference: the graph as it is, with some dropped units run again (the others stay
+    # dropped, the fades stay), the wrapper itself unchanged
+    net, x = _net()
+    net.drop("layer1.0", "layer3.1")
+    net.fade("layer2.1", 0.5)
+    other, _ = _net()
+    other.drop("layer3.1")
+    other.fade("layer2.1", 0.5)
+    with torch.no_grad():
+        torch.testing.assert_close(net.candidate_graph([], "eval", restore=["layer1.0"])(x), other(x))
+        assert not torch.allclose(net(x), other(x))
+    assert net.dropped == ["layer1.0", "layer3.1"] and net.fading == {"layer2.1": 0.5}
+
+
 def test_fading_unit_still_learns_and_state_dict_keys_unchanged():
     net, x = _net()
     keys = list(net.model.state_dict())

@@ -78,7 +78,7 @@ def table(data: dict) -> str:
         lines.append("")
         lines.extend(paired(arms))
         if "user" in dataset:  # issue 8's plain loop: a constant learning rate, readings that swing
-            lines.extend(paired(arms, ("learn-and-drop",), key="acc_last3"))
+            lines.extend(paired(arms, ("learn-and-drop", "l&d, no total_steps"), key="acc_last3"))
     return "\n".join(lines)
 
 
@@ -91,16 +91,20 @@ def paired(arms: dict, mine: tuple[str, ...] = ("learn-and-drop", "l&d, target 2
             continue
         acc = {r["seed"]: r[key] for r in arms[label] if r[key] is not None}
         for other, rows in arms.items():
-            if rows[0]["phase"] != 2:
+            # the phase-2 arms; with the last three epochs' mean also the full network (its final reading
+            # is in the table's Δ column)
+            if rows[0]["phase"] != 2 and not (key == "acc_last3" and other == "full"):
                 continue
             diffs = [(r["seed"], acc[r["seed"]] - r[key]) for r in sorted(rows, key=lambda r: r["seed"])
                      if r["seed"] in acc and r[key] is not None]
             if not diffs:
                 continue
             wins = sum(d > 0 for _, d in diffs)
+            mean = f"; mean {statistics.mean(d for _, d in diffs):+.2f}" + (
+                f" ± {statistics.stdev(d for _, d in diffs):.2f}" if len(diffs) > 1 else "")
             what = "paired per seed" if key == "acc" else "last 3 epochs' mean, paired per seed"
             out.append(f"- {label} − {other}, {what} (pt): "
-                       + ", ".join(f"s{seed} {d:+.2f}" for seed, d in diffs) + f" ({wins} of {len(diffs)} ahead)")
+                       + ", ".join(f"s{seed} {d:+.2f}" for seed, d in diffs) + f" ({wins} of {len(diffs)} ahead{mean})")
     return out
 
 

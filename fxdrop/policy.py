@@ -560,7 +560,7 @@ class LearnAndDrop(Policy):
             for u, _ in ok:  # they passed, but could not save what the rest of the checks would cost
                 self._reject(u.name, step)
             log.info("fxdrop: step %d: %s passed the screen but could not save what the rest of their checks "
-                     "costs before step %d; kept", step, [u.name for u in ok], self.total_steps)
+                     "costs before step %d; kept", step, [u.name for u, _ in ok], self.total_steps)
             return []
         ok.sort(key=lambda uc: (max(price(uc[1]), 0.0) + 1e-6) / max(uc[0].flops, 1))
         sets: list[list] = []

@@ -97,6 +97,21 @@ def test_without_total_steps_one_cohort_at_a_time(monkeypatch):
     assert net.step() == ["layer1.1"] and pol.on_probation == {"layer1.1": 5}  # layer1.0 confirmed at 3
 
 
+def test_units_that_pass_the_screen_but_cannot_repay_the_rest_back_off(monkeypatch, caplog):
+    # the payoff rule after the screen: layer1.0 passed it, but the rest of its checks would cost more
+    # than it could save; it is kept, backs off like a refused unit, and the log says why
+    _scripted_costs(monkeypatch, [[0.01, 0.9]])
+    pol = Scripted(_table([0.2, 0.2, 0.9, 0.9, 0.9]), interval=1, warmup=0, check_budget=1e9, total_steps=100)
+    net, x = _net(pol)
+    _hold(net, x)
+    net.steps = 1
+    monkeypatch.setattr(pol, "_pays", lambda units, step, screened: not screened)
+    with caplog.at_level("INFO", logger="fxdrop.policy"):
+        assert pol.decide(1) == []
+    assert "['layer1.0'] passed the screen but could not save" in caplog.text
+    assert set(pol.backoff) == {"layer1.0", "layer1.1"} and net.dropped == []
+
+
 def test_without_probation_the_drop_itself_must_be_within_tolerance(monkeypatch):
     _scripted_costs(monkeypatch, [[0.03]])
     pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=0, check_budget=1e9)

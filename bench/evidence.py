@@ -34,6 +34,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -109,12 +110,26 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     doc = {"model": args.model, "dataset": args.dataset, "source": data.source, "epochs": args.epochs,
            "seed": seed, "train_images": len(data.train_y), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "elapsed_s": time.time() - t0,
-           "command": "python bench/evidence.py " + " ".join(args.argv), "tag": args.tag,
+           "command": "python bench/evidence.py " + " ".join(args.argv), "code": args.code, "tag": args.tag,
            "protocol": {"batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": cfg.schedule, "interval": cfg.interval},
            "runs": rows}
     path = out / f"{args.model}_{args.dataset}{args.tag}_s{seed}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {path}", flush=True)
+
+
+def code_version() -> str | None:
+    """The commit of the fxdrop checkout this process runs, ``+dirty`` when tracked files differ from it
+    (None outside a git checkout): taken when the process starts, as the code it imported."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -143,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.code = code_version()
     if args.arms is not None and "full" not in args.arms:
         args.arms.append("full")  # every speed-up and accuracy is paired with it
     torch.set_num_threads(args.threads)

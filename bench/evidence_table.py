@@ -78,22 +78,22 @@ def table(data: dict) -> str:
         lines.append("")
         lines.extend(paired(arms))
         if "user" in dataset:  # issue 8's plain loop: a constant learning rate, readings that swing
-            lines.extend(paired(arms, ("learn-and-drop", "l&d, no total_steps"), key="acc_last3"))
+            lines.extend(paired(arms, ("learn-and-drop",), "acc_last3", ("full", "full-matched", "random")))
+            lines.extend(paired(arms, ("l&d, no total_steps",), "acc_last3", ("full",)))
     return "\n".join(lines)
 
 
-def paired(arms: dict, mine: tuple[str, ...] = ("learn-and-drop", "l&d, target 2x"), key: str = "acc") -> list[str]:
-    """Learn&Drop's accuracy minus each phase-2 arm's, seed by seed (the same data order and init);
-    ``key="acc_last3"`` pairs the last three epochs' mean instead of the final reading."""
+def paired(arms: dict, mine: tuple[str, ...] = ("learn-and-drop", "l&d, target 2x"), key: str = "acc",
+           others: tuple[str, ...] | None = None) -> list[str]:
+    """Learn&Drop's accuracy minus each phase-2 arm's (or each of ``others``), seed by seed (the same data
+    order and init); ``key="acc_last3"`` pairs the last three epochs' mean instead of the final reading."""
     out = []
     for label in mine:
         if label not in arms:
             continue
         acc = {r["seed"]: r[key] for r in arms[label] if r[key] is not None}
         for other, rows in arms.items():
-            # the phase-2 arms; with the last three epochs' mean also the full network (its final reading
-            # is in the table's Δ column)
-            if rows[0]["phase"] != 2 and not (key == "acc_last3" and other == "full"):
+            if (rows[0]["phase"] != 2) if others is None else (other not in others):
                 continue
             diffs = [(r["seed"], acc[r["seed"]] - r[key]) for r in sorted(rows, key=lambda r: r["seed"])
                      if r["seed"] in acc and r[key] is not None]

@@ -143,7 +143,7 @@ def plot(data: dict, path: str) -> None:
             legend.setdefault(name, handle)
     flat[cols - 1].legend(list(legend.values()), list(legend), fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle("Accuracy against training time (mean ± std over seeds; up and left is better)", fontsize=12)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the title above the first row
     fig.savefig(path, dpi=110)
 
 

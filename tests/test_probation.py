@@ -112,6 +112,21 @@ def test_units_that_pass_the_screen_but_cannot_repay_the_rest_back_off(monkeypat
     assert set(pol.backoff) == {"layer1.0", "layer1.1"} and net.dropped == []
 
 
+def test_a_choice_that_cannot_repay_its_checks_is_not_screened(monkeypatch, caplog):
+    # the payoff rule before the screen: nothing is measured (no check recorded, no rows spent) and the
+    # log names the candidates
+    _scripted_costs(monkeypatch, [])  # any measurement would raise StopIteration
+    pol = Scripted(_table([0.2, 0.2, 0.9, 0.9, 0.9]), interval=1, warmup=0, check_budget=1e9, total_steps=100)
+    net, x = _net(pol)
+    _hold(net, x)
+    net.steps = 1
+    monkeypatch.setattr(pol, "_pays", lambda units, step, screened: False)
+    with caplog.at_level("INFO", logger="fxdrop.policy"):
+        assert pol.decide(1) == []
+    assert "['layer1.0', 'layer1.1'] could not save what checking them costs before step 100" in caplog.text
+    assert pol.checks == [] and pol.check_rows == 0
+
+
 def test_without_probation_the_drop_itself_must_be_within_tolerance(monkeypatch):
     _scripted_costs(monkeypatch, [[0.03]])
     pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=0, check_budget=1e9)

@@ -1,7 +1,7 @@
 """Two versions of Learn&Drop on the same protocol and seeds, paired: per seed, each version's arm against
-its own run's full network (speed-up by CPU time, Δ accuracy), the drop events and restores, and
-whether the two runs' full networks agree (same seed, same code path: they must, to the last digit of
-accuracy; a mismatch means the runs are not comparable).
+its own run's full network (speed-up by CPU time and Δ accuracy as in evidence_table's tables), the drop
+events and restores, and whether the two runs' full networks agree (same seed, same code path: they must,
+to the last digit of accuracy; a mismatch means the runs are not comparable).
 
     python bench/compare_versions.py docs/measurements/evidence/v4 docs/measurements/evidence \\
         --pattern 'resnet18_mnist-small-user_s*.json' --arm learn-and-drop
@@ -10,48 +10,50 @@ accuracy; a mismatch means the runs are not comparable).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
+if __package__:  # imported as bench.compare_versions (the tests)
+    from .evidence_table import collect
+else:  # run as a script: python bench/compare_versions.py
+    from evidence_table import collect
 
 
-def _arm(doc: dict, label: str) -> dict | None:
-    return next((r for r in doc["runs"] if r["label"] == label), None)
+def _by_run(folder: Path, pattern: str) -> dict:
+    """{file stem: {label: row}} from evidence_table's rows."""
+    out: dict = {}
+    for arms in collect(folder, pattern).values():
+        for label, rows in arms.items():
+            for r in rows:
+                out.setdefault(r["file"], {})[label] = r
+    return out
+
+
+def _cell(r: dict) -> str:
+    events = ", ".join(f"{s}: {len(n)}" for s, n in r["events"]) or "none"
+    restored = f" restored at {r['restored_at']}" if r["restored_at"] else ""
+    return f"{r['cpu']:.2f}x, {r['dacc']:+.2f}, [{events}]{restored}"
 
 
 def compare(old: Path, new: Path, pattern: str, arm: str) -> list[str]:
-    """Markdown lines: one row per seed found in both folders, then the means of the paired differences."""
+    """Markdown lines: one row per run found in both folders, then the means of the paired differences."""
     lines = [f"| run | full acc old / new | {arm} old: speed-up, Δ acc, events | new: speed-up, Δ acc, events |",
              "|---|---|---|---|"]
+    before, after = _by_run(old, pattern), _by_run(new, pattern)
     diffs: list[tuple[float, float]] = []
-    for path in sorted(new.glob(pattern)):
-        if not (old / path.name).exists():
+    for name in sorted(set(before) & set(after)):
+        pair = before[name], after[name]
+        if pair[0]["full"]["acc"] != pair[1]["full"]["acc"]:
+            lines.append(f"| {name} | full networks differ: not comparable | | |")
             continue
-        pair = [json.loads((d / path.name).read_text()) for d in (old, new)]
-        if 100 * _arm(pair[0], "full")["test_acc"] != 100 * _arm(pair[1], "full")["test_acc"]:
-            lines.append(f"| {path.stem} | full networks differ: not comparable | | |")
+        if not all(arm in p for p in pair):
             continue
-        cells = []
-        figures = []
-        for doc in pair:
-            full, mine = _arm(doc, "full"), _arm(doc, arm)
-            if mine is None:
-                break
-            speed, dacc = full["cpu_s"] / mine["cpu_s"], 100 * (mine["test_acc"] - full["test_acc"])
-            restored = [c["step"] for c in mine.get("checks", []) if c.get("stage") == "probation" and not c["accepted"]]
-            events = ", ".join(f"{s}: {len(n)}" for s, n in mine["events"]) or "none"
-            cells.append(f"{speed:.2f}x, {dacc:+.2f}, [{events}]" + (f" restored at {restored}" if restored else ""))
-            figures.append((speed, dacc))
-        if len(cells) < 2:
-            continue
-        accs = " / ".join(f"{100 * _arm(d, 'full')['test_acc']:.2f}" for d in pair)
-        lines.append(f"| {path.stem} | {accs} | {cells[0]} | {cells[1]} |")
-        diffs.append((figures[1][0] - figures[0][0], figures[1][1] - figures[0][1]))
+        a, b = (p[arm] for p in pair)
+        lines.append(f"| {name} | {pair[0]['full']['acc']:.2f} / {pair[1]['full']['acc']:.2f} | {_cell(a)} | {_cell(b)} |")
+        diffs.append((b["cpu"] - a["cpu"], b["dacc"] - a["dacc"]))
     if diffs:
-        mean = lambda xs: statistics.mean(xs) if xs else 0.0  # noqa: E731
-        lines.append(f"\nnew − old over {len(diffs)} seeds: speed-up {mean([d[0] for d in diffs]):+.2f}x, "
-                     f"Δ acc {mean([d[1] for d in diffs]):+.2f} pt")
+        lines.append(f"\nnew − old over {len(diffs)} seeds: speed-up {statistics.mean(d[0] for d in diffs):+.2f}x, "
+                     f"Δ acc {statistics.mean(d[1] for d in diffs):+.2f} pt")
     return lines
 
 

@@ -26,15 +26,16 @@ def _ms(values: list[float], fmt: str) -> str:
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
-def collect(folder: Path) -> dict:
+def collect(folder: Path, pattern: str = "*.json") -> dict:
     """{(model, dataset, epochs): {label: [row with paired figures, one per seed]}}"""
     out: dict = defaultdict(lambda: defaultdict(list))
-    docs = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    docs = [{**json.loads(path.read_text()), "file": path.stem} for path in sorted(folder.glob(pattern))]
     for doc in sorted(docs, key=lambda d: bool(d.get("tag"))):  # the default protocol's tables first
         base = next(r for r in doc["runs"] if r["label"] == "full")
         matched = next((r for r in doc["runs"] if r["label"] == "full-matched"), None)
         for r in doc["runs"]:
             first = r["events"][0][0] if r["events"] else None
+            restores = [c for c in r.get("checks", []) if c.get("stage") == "probation" and not c["accepted"]]
             ref = base
             if r["phase"] == 2 and matched is not None:
                 # phase 2 shares no turn with phase 1's full run: its reference is the time-matched full
@@ -42,7 +43,7 @@ def collect(folder: Path) -> dict:
                 scale = base["steps"] / matched["steps"]
                 ref = {"wall_s": matched["wall_s"] * scale, "cpu_s": matched["cpu_s"] * scale}
             out[(doc["model"], doc["dataset"] + doc.get("tag", ""), doc["epochs"])][r["label"]].append({
-                "seed": doc["seed"], "phase": r["phase"],
+                "seed": doc["seed"], "file": doc["file"], "phase": r["phase"], "events": r["events"],
                 "wall": ref["wall_s"] / r["wall_s"], "cpu": ref["cpu_s"] / r["cpu_s"],
                 "flops": (base["steps"] * base["flops_ratio"]) / (r["steps"] * r["flops_ratio"]),
                 "rel_time": r["cpu_s"] / ref["cpu_s"],
@@ -53,8 +54,7 @@ def collect(folder: Path) -> dict:
                 "dropped": len(r["dropped"]), "units": r["units"],
                 "first": first / r["steps"] if first else None,
                 "check": 100 * r.get("check_s", 0.0) / r["wall_s"] if r["wall_s"] else 0.0,
-                "restored": sum(len(c["units"]) for c in r.get("checks", [])
-                                if c.get("stage") == "probation" and not c["accepted"]),
+                "restored": sum(len(c["units"]) for c in restores), "restored_at": [c["step"] for c in restores],
             })
     return out
 

@@ -81,7 +81,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     data = data_mod.load(args.dataset).limit(args.train_limit, None)
     factory = lambda: build_model(args.model, data.num_classes)  # noqa: E731
     cfg = TrainConfig(epochs=args.epochs, seed=seed, warmup_epochs=0.0, progress=False, batch_size=args.batch_size,
-                      lr=args.lr, schedule=args.schedule, interval=args.interval)
+                      lr=args.lr, schedule=args.schedule, interval=args.interval, projections=args.projections)
     warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=20), "none")
     train_interleaved([warm])  # untimed: one-off start-up costs land here
     del warm
@@ -111,7 +111,8 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
            "seed": seed, "train_images": len(data.train_y), "torch": torch.__version__,
            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "elapsed_s": time.time() - t0,
            "command": "python bench/evidence.py " + " ".join(args.argv), "code": args.code, "tag": args.tag,
-           "protocol": {"batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": cfg.schedule, "interval": cfg.interval},
+           "protocol": {"batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": cfg.schedule, "interval": cfg.interval,
+                        "projections": cfg.projections},
            "runs": rows}
     path = out / f"{args.model}_{args.dataset}{args.tag}_s{seed}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
@@ -145,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle")
     p.add_argument("--interval", type=int, default=None, help="Learn&Drop's interval (default: a tenth of an epoch)")
+    p.add_argument("--projections", action="store_true",
+                   help="wrap(..., projections=True): downsampling blocks' branches are units too")
     p.add_argument("--tag", default="", help="suffix of the JSON names (a protocol other than the default)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--anchors", action="store_true", help="also the thinner network, the published anchors and "

@@ -353,7 +353,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     factory = _model_factory(args.model, data.num_classes)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                       seed=args.seed, input_size=args.input_size, interval=args.interval,
-                      warmup_epochs=args.warmup_epochs,
+                      warmup_epochs=args.warmup_epochs, projections=args.projections,
                       ld_options=ld_options, progress=not args.no_progress, step_hook=hook)
     kinds = list(dict.fromkeys(args.policy))
     spe = -(-len(data.train_y) // cfg.batch_size)
@@ -443,7 +443,7 @@ def _cmd_units(args: argparse.Namespace) -> int:
     try:
         model = factory()
         net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, args.input_size, args.input_size),),
-                          level=args.level)
+                          level=args.level, projections=args.projections)
     except UsageError:
         raise
     except (FxdropError, RuntimeError, ValueError, TypeError) as e:
@@ -499,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="budget knob: Learn&Drop drops the cheapest units, as early as its checks allow, until "
                    "the run's measured step times predict this speed-up for it (--ld target_measure=flops: the "
                    "forward FLOPs'); default: drop what stopped learning")
+    r.add_argument("--projections", action="store_true",
+                   help="also drop downsampling blocks' residual branches (their projection shortcut stays): "
+                   "fxdrop.wrap(..., projections=True)")
     r.add_argument("--tolerance", type=_float_in(0, strict=False), default=0.01, metavar="T",
                    help="largest accuracy a drop may cost when it happens, measured on held training batches "
                    "(0.01 = one point)")
@@ -533,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--level", type=_level, default=0,
                    help="how coarse units are where they nest: 0 innermost (blocks; a transformer layer's attention "
                    "and MLP), 1 one up (whole transformer layers, ResNet stages that keep their shape), 'outer'")
+    u.add_argument("--projections", action="store_true",
+                   help="also list downsampling blocks' residual branches (their projection shortcut stays)")
     u.set_defaults(func=_cmd_units)
     return p
 

@@ -56,6 +56,7 @@ class DropNet(nn.Module):
         policy: Any = None,
         verify: bool = True,
         level: int | str = 0,
+        projections: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"fxdrop.wrap expects a torch.nn.Module, got {type(model).__name__}")
@@ -67,9 +68,12 @@ class DropNet(nn.Module):
             level_depth(level)  # refused before tracing, not at the first forward
         except ValueError as e:
             raise ValueError(f"fxdrop.wrap: {e}") from None
+        if not isinstance(projections, bool):
+            raise TypeError(f"fxdrop.wrap: projections must be True or False, got {projections!r}")
         super().__init__()
         share_module_state(self, model)
         self._level = level
+        self._projections = projections
         self.__dict__["_model"] = model
         self.training = model.training
         self._verify = verify
@@ -201,7 +205,7 @@ class DropNet(nn.Module):
         for name, p in self._model.named_parameters():
             param_names.setdefault(id(p), name)
             numel[id(p)] = p.numel()
-        cands = {mode: find_units(self._full[mode], self._level) for mode in MODES}
+        cands = {mode: find_units(self._full[mode], self._level, self._projections) for mode in MODES}
         eval_by_name = {c.name_hint: c for c in cands["eval"]}
         units = []
         for c in cands["train"]:
@@ -229,9 +233,9 @@ class DropNet(nn.Module):
                 node.meta["fxdrop_scores"] = u.scores  # the same list: one history, two views
         if not units:
             warnings.warn(
-                f"fxdrop: {model_name} has no droppable unit: no residual add whose skip is an identity of "
-                "the block input and no shape-preserving layer owning parameters was found, so nothing will "
-                "be dropped and training runs as usual",
+                f"fxdrop: {model_name} has no droppable unit: no residual add whose skip is an identity "
+                f"{'or a projection ' if self._projections else ''}of the block input and no shape-preserving "
+                "layer owning parameters was found, so nothing will be dropped and training runs as usual",
                 stacklevel=3,
             )
         if self.policy is not None:
@@ -659,6 +663,7 @@ def wrap(
     policy: Any = None,
     verify: bool = True,
     level: int | str = 0,
+    projections: bool = False,
 ) -> DropNet:
     """Trace ``model`` into a droppable graph and return a :class:`DropNet` sharing its parameters.
 
@@ -669,7 +674,9 @@ def wrap(
     ``verify`` checks that the traced graph reproduces the model's eval output on the example inputs.
     ``level`` picks how coarse units are where they nest (:func:`fxdrop.units.find_units`): 0 the
     innermost (a block; a transformer layer's attention and MLP), 1 one up (a whole transformer layer,
-    a ResNet stage that keeps its shape), ``"outer"`` the largest.
+    a ResNet stage that keeps its shape), ``"outer"`` the largest. ``projections=True`` also makes the
+    residual branch of a downsampling block a unit: dropping it keeps the block's projection shortcut
+    (``layer2.0`` of a ResNet becomes ``relu(downsample(x))``), so more of the network can go.
 
     >>> import torch, torchvision, fxdrop
     >>> net = fxdrop.wrap(torchvision.models.resnet18(), example_inputs=(torch.randn(1, 3, 64, 64),))
@@ -687,6 +694,7 @@ def wrap(
         policy=policy,
         verify=verify,
         level=level,
+        projections=projections,
     )
 
 

@@ -54,6 +54,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0  # extra wait: the score window and the plateau test already wait
     stochastic_depth_p: float = 0.5
     ld_options: dict = field(default_factory=dict)  # extra LearnAndDrop keyword arguments
+    projections: bool = False  # ``wrap(..., projections=True)``: downsampling blocks' branches are units too
     max_steps: int | None = None  # stop early (the CLI's untimed warm-up run)
     progress: bool = True
     evaluate: bool = True  # test accuracy at every epoch end (False: only when asked for a result)
@@ -172,7 +173,7 @@ class TrainRun:
             self.policy = make_policy("none" if kind == "full-matched" else kind, self.total, cfg,
                                       self.steps_per_epoch, reference)
             example = data.prepare(data.train_x[:2], 3, cfg.input_size)
-            self.net = wrap(model, example_inputs=(example,), policy=self.policy)
+            self.net = wrap(model, example_inputs=(example,), policy=self.policy, projections=cfg.projections)
             if kind == "stochastic-depth":
                 apply_stochastic_depth(self.net, cfg.stochastic_depth_p)
             self.pld = ProgressiveLayerDrop(self.net, self.total, seed=cfg.seed) if kind == "pld" else None

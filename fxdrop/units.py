@@ -6,7 +6,8 @@ Two kinds are found (docs/design.md has the reasoning):
   has the shape, dtype and memory format of both inputs and whose ``skip`` is an ancestor of
   ``branch``. The unit is the add plus every node the branch needs that the skip does not; those nodes
   must be private to it (no user outside the unit). Dropping it makes the add's users read ``skip``.
-  A downsampling block, whose skip goes through its own ``downsample`` module, is not a unit.
+  A downsampling block, whose skip goes through its own ``downsample`` module, is a unit only with
+  ``projections=True`` (its branch goes, the projection stays: see :func:`_projection_skip`).
   Nested residuals keep the innermost (a ResNet block, not a stage).
 * **chain**: on the graph's trunk (not between a fork and its merge), a parameterised anchor (a conv, linear or other module owning
   parameters, normalisation layers excepted) with the single-user, single-input, shape-keeping nodes
@@ -242,7 +243,7 @@ def _walk_skip(n: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
 
 
 def _residual_candidates(
-    gm: fx.GraphModule, modules: dict[str, nn.Module], dead: set[fx.Node]
+    gm: fx.GraphModule, modules: dict[str, nn.Module], dead: set[fx.Node], projections: bool = False
 ) -> list[tuple[_Candidate, set[fx.Node]]]:
     found = []
     anc_cache: dict[fx.Node, set[fx.Node]] = {}
@@ -269,6 +270,8 @@ def _residual_candidates(
             entry = next((s for s in _walk_skip(skip, modules) if s in anc_branch and same_tensor_meta(s, n, views=True)), None)
             if entry is not None:
                 break
+        if entry is None and projections:
+            entry = _projection_skip(n, a, b, ancestors, modules)
         if entry is None:
             continue
         region = _side_inputs_out((ancestors(n) | {n}) - (ancestors(entry) | {entry}), entry, n, modules)
@@ -277,6 +280,44 @@ def _residual_candidates(
             continue
         found.append((_Candidate("residual", _site(entry, n, region), _module_path(n), "", set(), 0), region))
     return found
+
+
+def _projection_skip(n: fx.Node, a: fx.Node, b: fx.Node, ancestors, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The skip of ``n = add(a, b)`` when it is a *projection* (a downsampling block's ``downsample(x)``
+    beside its branch ``f(x)``), else None. Both sides must fork from one value ``x`` that is the only
+    tensor each side reads from before the fork (weights aside), neither may read the other, and the
+    skip is the side with fewer FLOPs: strictly fewer than the branch, so two equal paths (a merge of
+    two streams) are not a unit. Dropping the unit keeps the skip: ``n``'s users read ``downsample(x)``."""
+    anc_a, anc_b = ancestors(a), ancestors(b)
+    if a in anc_b or b in anc_a:
+        return None
+    common = anc_a & anc_b
+    tensors = [c for c in common if tensor_meta(c) is not None]
+    if not tensors:
+        return None
+    index = _graph_index(n.graph)
+    fork = max(tensors, key=index)  # the last value both sides read
+
+    def side(x: fx.Node) -> set[fx.Node] | None:
+        """The nodes ``x`` needs past the fork, when the fork is all it reads from before it."""
+        own = (ancestors(x) | {x}) - (ancestors(fork) | {fork})
+        for r in own:
+            for i in r.all_input_nodes:
+                if i not in own and i is not fork and i.op != "get_attr":
+                    return None
+        return own
+
+    sides = [(x, side(x)) for x in (a, b)]
+    if any(nodes is None for _, nodes in sides):
+        return None
+    (skip, skip_nodes), (_, branch_nodes) = sorted(sides, key=lambda xs: _flops(xs[1]))
+    if _flops(skip_nodes) >= _flops(branch_nodes):
+        return None
+    return skip
+
+
+def _flops(nodes: set[fx.Node]) -> int:
+    return sum(x.meta.get(FLOPS_KEY, 0) for x in nodes)
 
 
 def _side_inputs_out(region: set[fx.Node], entry: fx.Node, exit_node: fx.Node, modules: dict[str, nn.Module]) -> set[fx.Node]:
@@ -443,7 +484,7 @@ def level_depth(level: int | str) -> int:
     return depth
 
 
-def find_units(gm: fx.GraphModule, level: int | str = 0) -> list[_Candidate]:
+def find_units(gm: fx.GraphModule, level: int | str = 0, projections: bool = False) -> list[_Candidate]:
     """Find unit candidates in ``gm`` (whose nodes carry ``tensor_meta`` and FLOPs, see
     :func:`fxdrop.shapes.propagate`), in graph order, with their owned parameter ids and FLOPs.
 
@@ -453,21 +494,22 @@ def find_units(gm: fx.GraphModule, level: int | str = 0) -> list[_Candidate]:
     it holds. ``level=k`` gives the largest units of level at most ``k`` (each region
     once): 0 the innermost (a ResNet block, a transformer layer's MLP), 1 a whole transformer layer or a
     ResNet stage, with the inner units standing where nothing of level ``<= k`` contains them;
-    ``"outer"`` no limit. Names are assigned by :func:`name_units`; candidates that own no parameter
-    are left out.
+    ``"outer"`` no limit. ``projections=True`` also makes the branch of a residual whose skip is a
+    projection a unit (a downsampling block: the skip, ``downsample(x)``, stays). Names are assigned by
+    :func:`name_units`; candidates that own no parameter are left out.
     """
     depth = level_depth(level)
     modules = dict(gm.named_modules())
     dead = _dead_nodes(gm.graph, modules)
     if depth == 0:
-        residual = _innermost(_residual_candidates(gm, modules, dead))
+        residual = _innermost(_residual_candidates(gm, modules, dead, projections))
         covered = set().union(*(nodes for _, nodes in residual)) if residual else set()
         chain = _chain_candidates(gm, modules, covered)
         covered |= set().union(*(nodes for _, nodes in chain)) if chain else set()
         module = _innermost([(c, nodes) for c, nodes in _module_candidates(gm, modules, dead) if not nodes & covered])
         everything = residual + module + chain
     else:
-        everything = (_residual_candidates(gm, modules, dead) + _module_candidates(gm, modules, dead)
+        everything = (_residual_candidates(gm, modules, dead, projections) + _module_candidates(gm, modules, dead)
                       + _chain_candidates(gm, modules, set()))
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     everything.sort(key=lambda cn: order[cn[0].site.exit])

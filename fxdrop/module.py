@@ -547,6 +547,11 @@ class DropNet(nn.Module):
         mode = mode or ("train" if self.training else "eval")
         return self._graph_flops(mode, self._current[mode])
 
+    @property
+    def projections(self) -> bool:
+        """Whether downsampling blocks' residual branches are units (``wrap(..., projections=True)``)."""
+        return self._projections
+
     def full_flops(self, mode: str | None = None) -> int:
         """Forward FLOPs with every unit in place."""
         self._require_units()

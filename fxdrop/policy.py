@@ -266,6 +266,22 @@ class LearnAndDrop(Policy):
         for u in net.units:
             if u.dropped or u.frozen:
                 self.tracker.forget(u.name)
+        if self.target_speedup is not None and net.units:
+            reach = self.reachable_speedup()
+            if reach < self.target_speedup:
+                hint = ("; wrap(..., projections=True) makes downsampling blocks' branches units too"
+                        if not net.projections else "")
+                warnings.warn(f"fxdrop: target_speedup={self.target_speedup:g} is out of reach: the units that may go "
+                              f"make {1 - 1 / reach:.0%} of the forward FLOPs, at most {reach:.2f}x even if all were "
+                              f"dropped at the first step (max_drop_fraction={self.max_drop_fraction:g}){hint}",
+                              stacklevel=3)
+
+    def reachable_speedup(self) -> float:
+        """The forward-FLOPs speed-up if every unit that may go (not in ``never``, within
+        ``max_drop_fraction``) were dropped from the first step: a bound on what ``target_speedup`` can get."""
+        assert self.net is not None
+        share = min(self._share(u for u in self.net.units if u.name not in self.never), self.max_drop_fraction)
+        return 1.0 / max(1.0 - share, 1e-9)
 
     def may_decide(self, step: int) -> bool:
         return step % self.interval == 0 and step >= self.warmup

@@ -3,6 +3,8 @@ it keeps the projection shortcut."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torchvision
@@ -130,3 +132,22 @@ def test_merges_that_are_not_shortcuts_are_not_units():
 def test_projections_must_be_a_bool():
     with pytest.raises(TypeError, match="projections must be True or False"):
         fxdrop.wrap(torchvision.models.resnet18(), projections="yes")
+
+
+def test_unreachable_target_speedup_warns_with_the_bound():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    model = torchvision.models.resnet18(num_classes=10)
+    plain = fxdrop.wrap(model, example_inputs=(x,))
+    share = sum(u.flops for u in plain.units) / plain.full_flops("train")  # 64% at 32 px
+    bound = 1 / (1 - share)
+    with pytest.warns(UserWarning, match=rf"at most {bound:.2f}x .*projections=True"):
+        pol = fxdrop.LearnAndDrop(target_speedup=3.0)
+        fxdrop.wrap(model, example_inputs=(x,), policy=pol)
+    assert pol.reachable_speedup() == pytest.approx(bound)
+    # with the downsampling blocks' branches 92% could go: max_drop_fraction (0.8) is the bound, 5x
+    pol = fxdrop.LearnAndDrop(target_speedup=3.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fxdrop.wrap(model, example_inputs=(x,), policy=pol, projections=True)
+    assert pol.reachable_speedup() == pytest.approx(5.0)

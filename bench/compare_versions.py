@@ -5,6 +5,9 @@ to the last digit of accuracy; a mismatch means the runs are not comparable).
 
     python bench/compare_versions.py docs/measurements/evidence/v4 docs/measurements/evidence \\
         --pattern 'resnet18_mnist-small-user_s*.json' --arm learn-and-drop
+
+``--new-pattern`` picks the new version's runs by another pattern (another ``--tag``, e.g. the same
+protocol with ``--projections``); runs are then paired by seed.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ else:  # run as a script: python bench/compare_versions.py
     from evidence_table import collect
 
 
-def _by_run(folder: Path, pattern: str) -> dict:
-    """{file stem: {label: row}} from evidence_table's rows."""
+def _by_run(folder: Path, pattern: str, by_seed: bool = False) -> dict:
+    """{file stem (or its ``_s<seed>`` suffix): {label: row}} from evidence_table's rows."""
     out: dict = {}
     for arms in collect(folder, pattern).values():
         for label, rows in arms.items():
             for r in rows:
-                out.setdefault(r["file"], {})[label] = r
+                key = "s" + r["file"].rsplit("_s", 1)[-1] if by_seed else r["file"]
+                out.setdefault(key, {})[label] = r
     return out
 
 
@@ -35,11 +39,13 @@ def _cell(r: dict) -> str:
     return f"{r['cpu']:.2f}x, {r['dacc']:+.2f}, [{events}]{restored}"
 
 
-def compare(old: Path, new: Path, pattern: str, arm: str) -> list[str]:
-    """Markdown lines: one row per run found in both folders, then the means of the paired differences."""
+def compare(old: Path, new: Path, pattern: str, arm: str, new_pattern: str | None = None) -> list[str]:
+    """Markdown lines: one row per run found in both folders, then the means of the paired differences.
+    With ``new_pattern`` the new folder's runs are those it matches, paired with the old ones by seed."""
     lines = [f"| run | full acc old / new | {arm} old: speed-up, Δ acc, events | new: speed-up, Δ acc, events |",
              "|---|---|---|---|"]
-    before, after = _by_run(old, pattern), _by_run(new, pattern)
+    by_seed = new_pattern is not None
+    before, after = _by_run(old, pattern, by_seed), _by_run(new, new_pattern or pattern, by_seed)
     diffs: list[tuple[float, float]] = []
     for name in sorted(set(before) & set(after)):
         pair = before[name], after[name]
@@ -62,9 +68,10 @@ def main() -> None:
     p.add_argument("old", type=Path)
     p.add_argument("new", type=Path)
     p.add_argument("--pattern", default="*.json")
+    p.add_argument("--new-pattern", default=None, help="the new version's runs, when named otherwise (paired by seed)")
     p.add_argument("--arm", default="learn-and-drop")
     args = p.parse_args()
-    print("\n".join(compare(args.old, args.new, args.pattern, args.arm)))
+    print("\n".join(compare(args.old, args.new, args.pattern, args.arm, args.new_pattern)))
 
 
 if __name__ == "__main__":

@@ -53,3 +53,12 @@ def test_compare_versions_pairs_seeds_and_refuses_runs_whose_full_networks_diffe
                         "| 1.25x, +0.00, [30: 1] restored at [50] |")
     assert lines[3] == "| m_d-user_s1 | full networks differ: not comparable | | |"
     assert lines[-1].endswith("over 1 seeds: speed-up +0.00x, Δ acc +5.00 pt")
+
+
+def test_compare_versions_pairs_another_tag_by_seed(tmp_path):
+    _write(tmp_path / "e", [_doc(0, 0.7, 0.65, [0.6, 0.6, 0.65]), _doc(0, 0.7, 0.69, [0.6, 0.6, 0.69], tag="-proj"),
+                            _doc(1, 0.7, 0.7, [0.6, 0.6, 0.7], tag="-proj")])
+    lines = compare(tmp_path / "e", tmp_path / "e", "*-user_s*.json", "learn-and-drop", new_pattern="*-proj_s*.json")
+    assert lines[2:] == ["| s0 | 70.00 / 70.00 | 1.25x, -5.00, [30: 1] restored at [50] "
+                         "| 1.25x, -1.00, [30: 1] restored at [50] |",  # seed 1 has no old run: left out
+                         "\nnew − old over 1 seeds: speed-up +0.00x, Δ acc +4.00 pt"]

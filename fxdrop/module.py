@@ -478,6 +478,7 @@ class DropNet(nn.Module):
             "format": DROP_STATE_FORMAT,
             "model": type(self._model).__name__,
             "units": [u.name for u in units],
+            "found_with": {"level": self._level, "projections": self._projections},
             "dropped": [u.name for u in units if u.dropped],
             "frozen": [u.name for u in units if u.frozen],
             "fading": dict(self._fades),
@@ -496,9 +497,14 @@ class DropNet(nn.Module):
         ours = [u.name for u in units]
         if state.get("units") != ours:
             missing = sorted(set(state.get("units") or []) ^ set(ours))
+            saved = state.get("found_with") or {}
+            ours_with = {"level": self._level, "projections": self._projections}
+            way_out = {k: v for k, v in saved.items() if ours_with.get(k) != v}
+            hint = (f"; its units were found with {', '.join(f'{k}={v!r}' for k, v in way_out.items())}: pass the "
+                    "same to fxdrop.wrap") if way_out else f"; it does not belong to this {type(self._model).__name__}"
             raise DropStateError(
                 f"this drop state was saved from {state.get('model')} with other units (differing: "
-                f"{missing[:6]}); it does not belong to this {type(self._model).__name__}"
+                f"{missing[:6]}){hint}"
             )
         pol = state.get("policy")
         if pol is not None and (self.policy is None or pol["type"] != type(self.policy).__name__):

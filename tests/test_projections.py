@@ -151,3 +151,18 @@ def test_unreachable_target_speedup_warns_with_the_bound():
         warnings.simplefilter("error")
         fxdrop.wrap(model, example_inputs=(x,), policy=pol, projections=True)
     assert pol.reachable_speedup() == pytest.approx(5.0)
+
+
+def test_resume_names_the_unit_options_it_was_saved_with():
+    x = torch.randn(2, 3, 32, 32)
+    model = torchvision.models.resnet18(num_classes=10)
+    net = fxdrop.wrap(model, example_inputs=(x,), projections=True)
+    net.drop("layer2.0")
+    state = net.drop_state_dict()
+    other = fxdrop.wrap(model, example_inputs=(x,))
+    with pytest.raises(fxdrop.DropStateError, match=r"found with projections=True: pass the same to fxdrop.wrap"):
+        other.load_drop_state_dict(state)
+    assert other.dropped == [] and other.flops() == other.full_flops()  # the refusal changed nothing
+    again = fxdrop.wrap(model, example_inputs=(x,), projections=True)
+    again.load_drop_state_dict(state)
+    assert again.dropped == ["layer2.0"]

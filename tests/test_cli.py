@@ -79,6 +79,17 @@ def test_cli_user_factory_and_ld_knobs(capsys, one_thread):
     assert "plateau must be" in capsys.readouterr().err
 
 
+def test_cli_projections(capsys, one_thread):
+    assert main(["units", "--model", "resnet18", "--input-size", "32", "--num-classes", "10", "--projections"]) == 0
+    assert "8 units, 0 dropped" in capsys.readouterr().out
+    rc = main(["run", "--model", "tests.models:narrow_resnet18", "--epochs", "1", "--train-limit", "256",
+               "--test-limit", "128", "--json", "--no-progress", "--threads", "1", "--projections"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["projections"] is True
+    assert [r["units"] for r in out["runs"]] == [8, 8]
+
+
 # --- interleaved training, timing, full-matched ----------------------------------------------------------
 
 import dataclasses

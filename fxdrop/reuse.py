@@ -33,16 +33,26 @@ __all__ = ["SharedPrefix", "changed_nodes"]
 
 def changed_nodes(base: fx.GraphModule, other: fx.GraphModule) -> set[str]:
     """Names of the nodes of ``other`` that may compute something else than ``base``'s node of the same
-    name: a node ``base`` lacks, or with another op, target or arguments, or reading a changed node.
-    (The graphs of one model's rewrites keep the names of the nodes they keep: :func:`fxdrop.rewrite.bypass`.)"""
+    name: a node ``base`` lacks, or with another op, target or arguments, a module or attribute that is
+    not the same object, or reading a changed node. (The graphs of one model's rewrites keep the names
+    of the nodes they keep, :func:`fxdrop.rewrite.bypass`, and share its modules.)"""
     mine = {n.name: n for n in base.graph.nodes}
     changed: set[str] = set()
     for n in other.graph.nodes:
         twin = mine.get(n.name)
         if (twin is None or twin.op != n.op or twin.target != n.target or any(i.name in changed for i in n.all_input_nodes)
-                or _by_name(twin.args) != _by_name(n.args) or _by_name(twin.kwargs) != _by_name(n.kwargs)):
+                or _by_name(twin.args) != _by_name(n.args) or _by_name(twin.kwargs) != _by_name(n.kwargs)
+                or (n.op in ("call_module", "get_attr") and _owned(base, n.target) is not _owned(other, n.target))):
             changed.add(n.name)
     return changed
+
+
+def _owned(gm: fx.GraphModule, target: str) -> Any:
+    """The submodule or attribute ``target`` names in ``gm`` (None if it has none)."""
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
 def _by_name(a: Any) -> Any:

@@ -271,7 +271,7 @@ def _residual_candidates(
             if entry is not None:
                 break
         if entry is None and projections:
-            entry = _projection_skip(n, a, b, ancestors, modules)
+            entry = _projection_skip(n, a, b, ancestors)
         if entry is None:
             continue
         region = _side_inputs_out((ancestors(n) | {n}) - (ancestors(entry) | {entry}), entry, n, modules)
@@ -282,7 +282,7 @@ def _residual_candidates(
     return found
 
 
-def _projection_skip(n: fx.Node, a: fx.Node, b: fx.Node, ancestors, modules: dict[str, nn.Module]) -> fx.Node | None:
+def _projection_skip(n: fx.Node, a: fx.Node, b: fx.Node, ancestors: Callable[[fx.Node], set[fx.Node]]) -> fx.Node | None:
     """The skip of ``n = add(a, b)`` when it is a *projection* (a downsampling block's ``downsample(x)``
     beside its branch ``f(x)``), else None. Both sides must fork from one value ``x`` that is the only
     tensor each side reads from before the fork (weights aside), neither may read the other, and the

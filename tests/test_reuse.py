@@ -68,6 +68,9 @@ def test_changed_nodes_are_the_ones_after_the_bypass():
     assert set(order[first:]) == changed
     assert order[first - 1] == "layer3_0_relu_1"  # the unit's entry: the last value the candidate shares
     assert changed_nodes(base, base) == set()
+    # the same graph over another model's modules: every module call is another computation
+    twin = fxdrop.wrap(torchvision.models.resnet18(num_classes=10), example_inputs=(torch.randn(2, 3, 32, 32),))
+    assert "conv1" in changed_nodes(base, twin.graph_module)
 
 
 class Noisy(nn.Module):

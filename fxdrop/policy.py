@@ -22,6 +22,8 @@ from .probe import Probe, drop_cost, leading_rows, recalibrate_batchnorm
 from .scores import ScoreTracker
 
 if TYPE_CHECKING:
+    import torch.fx as fx
+
     from .module import DropNet
 
 log = logging.getLogger(__name__)
@@ -469,7 +471,7 @@ class LearnAndDrop(Policy):
             return
         t0 = time.perf_counter()
         back = net.candidate_graph([], "train", restore=names)
-        (c,) = drop_cost(net.model, back, [net.candidate_graph([], "train")], self.probe, step)
+        (c,) = drop_cost(net.model, back, [self._train_graph()], self.probe, step)
         self.check_rows += 2 * self.probe.rows
         accepted = c.cost <= self.tolerance
         self._record(step, [net.unit(n) for n in names], c, accepted, stage="probation")
@@ -487,6 +489,11 @@ class LearnAndDrop(Policy):
             log.warning("fxdrop: step %d: %s still cost %.3f > tolerance %.3f after %d intervals without them; "
                         "restored", step, names, c.cost, self.tolerance, self.probation)
         self.check_seconds += time.perf_counter() - t0
+
+    def _train_graph(self) -> "fx.GraphModule":
+        """The training graph as it is now: the wrapper's own in training mode (no rewrite), else built."""
+        assert self.net is not None
+        return self.net.graph_module if self.net.training else self.net.candidate_graph([], "train")
 
     def _agree(self) -> None:
         # a restore after probation is decided from this rank's held batches: make rank 0's decision the
@@ -548,7 +555,7 @@ class LearnAndDrop(Policy):
         otherwise when its cost is within ``tolerance``."""
         assert self.net is not None
         net = self.net
-        current = net.graph_module if net.training else net.candidate_graph([], "train")
+        current = self._train_graph()
 
         def measure(sets: Sequence[Sequence], probe: Probe) -> list:
             costs = drop_cost(net.model, current, [net.candidate_graph([v.name for v in us], "train") for us in sets],
@@ -614,7 +621,7 @@ class LearnAndDrop(Policy):
         assert self.net is not None
         half = self.probe.half()
         self.check_rows += half.rows
-        return recalibrate_batchnorm(self.net.model, self.net.candidate_graph([], "train"), half)
+        return recalibrate_batchnorm(self.net.model, self._train_graph(), half)
 
     def state_dict(self) -> dict:
         sd = super().state_dict()

@@ -120,7 +120,8 @@ class LearnAndDrop(Policy):
     scores is a candidate until the speed-up predicted for the run reaches the target (the budget
     knob): in measured step time by default (``target_measure="time"``: the share of a step that
     dropping does not shrink is fitted from the run's own step times), or in forward FLOPs
-    (``"flops"``, independent of the machine).
+    (``"flops"``, independent of the machine). A target beyond :meth:`reachable_speedup` (every unit that
+    may go, gone from the first step) is warned about when the policy is bound.
 
     Candidates are then **checked** on a few held training batches (:mod:`fxdrop.probe`). With
     ``probation`` (the default, 3 intervals) a drop passes when it changes at most ``shock`` of the held

@@ -478,7 +478,7 @@ class DropNet(nn.Module):
             "format": DROP_STATE_FORMAT,
             "model": type(self._model).__name__,
             "units": [u.name for u in units],
-            "found_with": {"level": self._level, "projections": self._projections},
+            "found_with": self._unit_options(),
             "dropped": [u.name for u in units if u.dropped],
             "frozen": [u.name for u in units if u.frozen],
             "fading": dict(self._fades),
@@ -498,7 +498,7 @@ class DropNet(nn.Module):
         if state.get("units") != ours:
             missing = sorted(set(state.get("units") or []) ^ set(ours))
             saved = state.get("found_with") or {}
-            ours_with = {"level": self._level, "projections": self._projections}
+            ours_with = self._unit_options()
             way_out = {k: v for k, v in saved.items() if ours_with.get(k) != v}
             hint = (f"; its units were found with {', '.join(f'{k}={v!r}' for k, v in way_out.items())}: pass the "
                     "same to fxdrop.wrap") if way_out else f"; it does not belong to this {type(self._model).__name__}"
@@ -552,6 +552,10 @@ class DropNet(nn.Module):
         self._require_units()
         mode = mode or ("train" if self.training else "eval")
         return self._graph_flops(mode, self._current[mode])
+
+    def _unit_options(self) -> dict[str, Any]:
+        """The ``wrap`` options that decide which units exist (a drop state names units)."""
+        return {"level": self._level, "projections": self._projections}
 
     @property
     def projections(self) -> bool:

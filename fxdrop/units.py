@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
@@ -247,6 +247,7 @@ def _residual_candidates(
 ) -> list[tuple[_Candidate, set[fx.Node]]]:
     found = []
     anc_cache: dict[fx.Node, set[fx.Node]] = {}
+    index = _graph_index(gm.graph)
 
     def ancestors(x: fx.Node) -> set[fx.Node]:
         if x not in anc_cache:
@@ -271,7 +272,7 @@ def _residual_candidates(
             if entry is not None:
                 break
         if entry is None and projections:
-            entry = _projection_skip(n, a, b, ancestors)
+            entry = _projection_skip(a, b, ancestors, index)
         if entry is None:
             continue
         region = _side_inputs_out((ancestors(n) | {n}) - (ancestors(entry) | {entry}), entry, n, modules)
@@ -282,12 +283,14 @@ def _residual_candidates(
     return found
 
 
-def _projection_skip(n: fx.Node, a: fx.Node, b: fx.Node, ancestors: Callable[[fx.Node], set[fx.Node]]) -> fx.Node | None:
-    """The skip of ``n = add(a, b)`` when it is a *projection* (a downsampling block's ``downsample(x)``
+def _projection_skip(a: fx.Node, b: fx.Node, ancestors: Callable[[fx.Node], set[fx.Node]],
+                     index: Callable[[fx.Node], int]) -> fx.Node | None:
+    """The skip of ``add(a, b)`` when it is a *projection* (a downsampling block's ``downsample(x)``
     beside its branch ``f(x)``), else None. Both sides must fork from one value ``x`` that is the only
     tensor each side reads from before the fork (weights aside), neither may read the other, and the
     skip is the side with fewer FLOPs: strictly fewer than the branch, so two equal paths (a merge of
-    two streams) are not a unit. Dropping the unit keeps the skip: ``n``'s users read ``downsample(x)``."""
+    two streams) are not a unit. Dropping the unit keeps the skip: the add's users read ``downsample(x)``.
+    ``index`` gives a node's position in the graph."""
     anc_a, anc_b = ancestors(a), ancestors(b)
     if a in anc_b or b in anc_a:
         return None
@@ -295,7 +298,6 @@ def _projection_skip(n: fx.Node, a: fx.Node, b: fx.Node, ancestors: Callable[[fx
     tensors = [c for c in common if tensor_meta(c) is not None]
     if not tensors:
         return None
-    index = _graph_index(n.graph)
     fork = max(tensors, key=index)  # the last value both sides read
 
     def side(x: fx.Node) -> set[fx.Node] | None:
@@ -524,7 +526,7 @@ def find_units(gm: fx.GraphModule, level: int | str = 0, projections: bool = Fal
         cand.param_ids = {i for i in ids if users_of[i] <= nodes}
         if not cand.param_ids:
             continue
-        cand.flops = sum(n.meta.get(FLOPS_KEY, 0) for n in nodes)
+        cand.flops = _flops(nodes)
         if cand.kind == "residual":
             # constants (``_tensor_constant0``) live on the root: they say nothing about the module
             cand.module = _common_prefix([_module_path(n) for n in nodes if n.op != "get_attr"])

@@ -66,7 +66,7 @@ def main() -> None:
         for step, cands, passed, before, saves, cost in changes:
             print(f"  step {step}: screened {cands}, passed {passed}: "
                   f"{'event not run' if not before else 'passed units not taken'} "
-                  f"(could save {saves:,.0f} forward rows, checks ahead {cost:,})")
+                  f"(could save {saves:,.0f} forward rows, checks ahead {cost:,.0f})")
 
 
 if __name__ == "__main__":

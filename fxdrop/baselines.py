@@ -10,7 +10,7 @@ import torch
 from .errors import FxdropError
 from .module import DropNet
 from .rewrite import bypass, insert_stochastic_depth, scale_branches
-from .shapes import FLOPS_KEY
+from .shapes import node_flops
 
 __all__ = ["apply_stochastic_depth", "ProgressiveLayerDrop"]
 
@@ -88,7 +88,7 @@ class ProgressiveLayerDrop:
             keep = [(u, p) for u, k, p in zip(self.units, kept, probs) if k]
             scaled = scale_branches(full, [u.sites["train"] for u, _ in keep], [1 / p for _, p in keep]).graph_module
             gm = bypass(scaled, [u.sites["train"] for u, k in zip(self.units, kept) if not k]).graph_module
-            frac = sum(n.meta.get(FLOPS_KEY, 0) for n in gm.graph.nodes) / max(self.net.full_flops("train"), 1)
+            frac = node_flops(gm.graph.nodes) / max(self.net.full_flops("train"), 1)
             hit = self._cache[key] = (gm, frac)
         return hit
 

@@ -16,7 +16,7 @@ from torch.utils._pytree import tree_flatten
 
 from .errors import DropStateError, NotInitializedError, TraceError, UnitError
 from .rewrite import blend, bypass
-from .shapes import FLOPS_KEY, propagate
+from .shapes import node_flops, propagate
 from .trace import ModelSnapshot, TraceResult, trace
 from .units import Unit, find_units, level_depth
 
@@ -572,7 +572,7 @@ class DropNet(nn.Module):
         # training loops and policies ask every step: sum once per graph
         cached = self._flops_cache.get(key)
         if cached is None or cached[0] is not gm:
-            cached = (gm, sum(n.meta.get(FLOPS_KEY, 0) for n in gm.graph.nodes))
+            cached = (gm, node_flops(gm.graph.nodes))
             self._flops_cache[key] = cached
         return cached[1]
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from .distributed import agree
 from .probe import Probe, drop_cost, leading_rows, recalibrate_batchnorm
 from .scores import ScoreTracker
+from .shapes import node_flops
 
 if TYPE_CHECKING:
     import torch.fx as fx
@@ -216,9 +217,11 @@ class LearnAndDrop(Policy):
         self.on_probation: dict[str, int] = {}  # units dropped on probation -> step of their lasting-cost check
         self.restored: list[tuple[int, list[str]]] = []  # (step, names) of every cohort put back after probation
         self._restored_now: list[str] = []
-        # compute spent on checks vs training, in rows through the network (a training row costs about
-        # three forward rows: forward and backward): deterministic, so resumed runs decide alike
-        self.train_rows, self.check_rows = 0, 0
+        # compute spent on checks vs training, in rows through the full network (a training row costs about
+        # three forward rows: forward and backward; a check's forward counts at the share of the full
+        # network's FLOPs it ran, a candidate's only its suffix after the prefix it shares with the current
+        # graph): counted from the graphs' FLOPs, not timed, so resumed runs decide alike
+        self.train_rows, self.check_rows = 0, 0.0
         # forward rows the drops saved so far (3 per training row times the share of FLOPs not run):
         # ``reinvest`` of them may pay for more checks, so a run that drops early can afford to check more
         self.saved_rows, self._rows_since = 0.0, 0
@@ -424,23 +427,50 @@ class LearnAndDrop(Policy):
         saves, cost = self.payoff(units, step, screened)
         return saves > cost
 
-    def payoff(self, units: Sequence, step: int, screened: bool) -> tuple[float, int]:
+    def payoff(self, units: Sequence, step: int, screened: bool) -> tuple[float, float]:
         """``(saves, cost)`` in forward rows, with ``total_steps`` known: ``3 · rows per step · the units'
         FLOPs share (within max_drop_fraction) · (total_steps − step)`` against, before the screen
         (``screened=False``), the whole check event (screen, sets, BatchNorm re-estimation, probation
-        check), after it the rest (docs/method.md)."""
+        check), after it the rest, each forward counted at its share of the full network's FLOPs and a
+        candidate at :meth:`_suffix_shares`' (docs/method.md): the most :meth:`_checked` can count."""
         assert self.net is not None and self.total_steps is not None and self.net.steps
         share = min(self._share(units), self.max_drop_fraction)
         saves = 3 * (self.train_rows / self.net.steps) * share * max(0, self.total_steps - step)
         on_trial, screen, wide = self._check_probes()
-        k = len(units)
-        sets = len(_set_sizes(k)) - _screened_alone(screen, wide)
-        cost = (1 + sets) * wide.rows if sets else 0
-        cost += self.probe.half().rows if self.recalibrate else 0
-        cost += 2 * self.probe.rows if on_trial else 0
+        now = self._fraction(self._train_graph())
+        alone = self._suffix_shares(units)
+        top = max(alone, default=1.0)  # a set's suffix starts at its earliest unit: at most that unit's alone
+        sets = len(_set_sizes(len(units))) - _screened_alone(screen, wide)
+        cost = wide.rows * now * (1 + sets * top) if sets else 0.0
+        cost += self.probe.half().rows * now if self.recalibrate else 0.0
+        cost += self.probe.rows * now * (1 + top) if on_trial else 0.0
         if not screened:
-            cost += (1 + k) * screen.rows
+            cost += screen.rows * now * (1 + sum(alone))
         return saves, cost
+
+    def _fraction(self, gm: "fx.GraphModule") -> float:
+        """``gm``'s forward FLOPs as a share of the full training graph's."""
+        assert self.net is not None
+        return node_flops(gm.graph.nodes) / max(self.net.full_flops("train"), 1)
+
+    def _suffix_shares(self, units: Sequence) -> list[float]:
+        """What checking each unit alone runs after the prefix it shares with the current training graph
+        (:class:`fxdrop.reuse.SharedPrefix`), as a share of that graph's forward FLOPs: the nodes from the
+        unit's first one on, less its own. At least what the check runs (a node after the unit that does
+        not read it runs in the prefix); exactly that on a chain of blocks."""
+        assert self.net is not None
+        nodes = list(self._train_graph().graph.nodes)
+        whole = max(node_flops(nodes), 1)
+        where = {n.name: i for i, n in enumerate(nodes)}
+        tail = [0] * (len(nodes) + 1)
+        for i in range(len(nodes) - 1, -1, -1):
+            tail[i] = tail[i + 1] + node_flops([nodes[i]])
+        out = []
+        for u in units:
+            site = u.sites["train"]
+            first = min((where[n] for n in site.nodes if n in where), default=0)
+            out.append(max(tail[first] - u.flops, 0) / whole)
+        return out
 
     def _check_probes(self) -> tuple[bool, Probe, Probe]:
         """``(on_trial, screen, wide)``: whether drops go on probation, and the held batches a choice's
@@ -473,7 +503,7 @@ class LearnAndDrop(Policy):
         t0 = time.perf_counter()
         back = net.candidate_graph([], "train", restore=names)
         (c,) = drop_cost(net.model, back, [self._train_graph()], self.probe, step)
-        self.check_rows += 2 * self.probe.rows
+        self.check_rows += self.probe.rows * self._fraction(back) * (1 + c.share)
         accepted = c.cost <= self.tolerance
         self._record(step, [net.unit(n) for n in names], c, accepted, stage="probation")
         if accepted:
@@ -557,11 +587,13 @@ class LearnAndDrop(Policy):
         assert self.net is not None
         net = self.net
         current = self._train_graph()
+        now = self._fraction(current)
 
         def measure(sets: Sequence[Sequence], probe: Probe) -> list:
             costs = drop_cost(net.model, current, [net.candidate_graph([v.name for v in us], "train") for us in sets],
                               probe, step)
-            self.check_rows += (1 + len(sets)) * probe.rows
+            # what ran, in full-network forward rows: the current graph, then each candidate's suffix
+            self.check_rows += probe.rows * now * (1 + sum(c.share for c in costs))
             return costs
 
         def passes(c) -> bool:
@@ -621,8 +653,9 @@ class LearnAndDrop(Policy):
         held rows would only add check compute)."""
         assert self.net is not None
         half = self.probe.half()
-        self.check_rows += half.rows
-        return recalibrate_batchnorm(self.net.model, self._train_graph(), half)
+        graph = self._train_graph()
+        self.check_rows += half.rows * self._fraction(graph)
+        return recalibrate_batchnorm(self.net.model, graph, half)
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
@@ -650,7 +683,8 @@ class LearnAndDrop(Policy):
         self.probe.load_state_dict(sd.get("probe") or {})
         self.checks = [dict(c) for c in sd.get("checks", [])]
         self.check_seconds = float(sd.get("check_seconds", 0.0))
-        self.train_rows, self.check_rows = (int(v) for v in sd.get("rows", (0, 0)))
+        rows, checks = sd.get("rows", (0, 0))
+        self.train_rows, self.check_rows = int(rows), float(checks)
         saved, since = sd.get("saved_rows", (0.0, 0))
         self.saved_rows, self._rows_since = float(saved), int(since)
         self.on_probation = {k: int(v) for k, v in sd.get("probation", {}).items()}

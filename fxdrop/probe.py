@@ -155,12 +155,15 @@ def preserved_state(model: nn.Module, seed: int = 0) -> Iterator[Callable[[], No
 class DropCost:
     """How far bypassing some units moves the outputs on the probe (see module docstring).
     ``accuracy_drop`` is ``acc(current) - acc(candidate)`` on the held rows when every held batch has
-    labels, else ``nan``; :attr:`cost` is what the policy compares with its tolerance."""
+    labels, else ``nan``; :attr:`cost` is what the policy compares with its tolerance. ``share`` is the
+    compute the candidate's runs took, in forward FLOPs relative to the current graph's runs on the same
+    rows: 1 for full runs of a graph as large, less for a suffix after a shared prefix."""
 
     disagreement: float
     kl: float
     samples: int
     accuracy_drop: float = math.nan
+    share: float = 1.0
 
     @property
     def cost(self) -> float:
@@ -202,20 +205,26 @@ def drop_cost(
     batches, in training mode, and return one :class:`DropCost` per candidate. ``model`` is the module
     whose buffers the graphs share (restored afterwards). When all are ``GraphModule``s of one model,
     a candidate runs only the nodes its rewrite changed, from the values ``current`` computed for the
-    rest (:class:`fxdrop.reuse.SharedPrefix`: the same outputs, a fraction of the compute)."""
+    rest (:class:`fxdrop.reuse.SharedPrefix`: the same outputs, a fraction of the compute, which each
+    cost's ``share`` reports; other callables count as full runs)."""
     sums = [[0.0, 0.0, 0, 0.0] for _ in candidates]
+    work = [0.0 for _ in candidates]  # rows times the share of the current graph's FLOPs each run took
     labelled = len(probe) > 0 and all(t is not None for t in probe.targets)
     shared = None
     if len(probe) and isinstance(current, fx.GraphModule) and all(isinstance(g, fx.GraphModule) for g in candidates):
         shared = SharedPrefix(current, candidates)
     with preserved_state(model, seed) as reseed:
         for (args, kwargs), y in zip(probe, probe.targets):
+            rows = leading_rows(args, kwargs)
             if shared is not None:
-                ref, outs, _ = shared.run(args, kwargs, reseed)
+                ref, outs, reused = shared.run(args, kwargs, reseed)
+                shares = [s if r else f for s, f, r in zip(shared.shares, shared.full_shares, reused)]
             else:
                 reseed()
                 ref = current(*args, **kwargs)
-                outs = _each(candidates, args, kwargs, reseed)
+                outs, shares = list(_each(candidates, args, kwargs, reseed)), [1.0] * len(candidates)
+            for i, s in enumerate(shares):
+                work[i] += rows * s
             for acc, out in zip(sums, outs):
                 d, k, n = _compare(ref, out)
                 acc[0] += d
@@ -223,8 +232,10 @@ def drop_cost(
                 acc[2] += n
                 if labelled:
                     acc[3] += _correct(ref, y) - _correct(out, y)
+    held = probe.rows
     return [DropCost(d / n if n else math.nan, k / n if n else math.nan, n,
-                     (a / n if n else math.nan) if labelled else math.nan) for d, k, n, a in sums]
+                     (a / n if n else math.nan) if labelled else math.nan, w / held if held else 1.0)
+            for (d, k, n, a), w in zip(sums, work)]
 
 
 def _each(graphs: Sequence[Callable[..., Any]], args: tuple, kwargs: dict, reseed: Callable[[], None]) -> Iterator[Any]:

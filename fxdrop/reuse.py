@@ -7,7 +7,8 @@ graph's, fed with the values the current graph computed for the nodes they read 
 This is torch.fx's split-and-stitch (``torch.fx.passes.split_module``) applied to two graphs that share
 a prefix: one pass of the current graph returns its output and every frontier value, then each
 candidate's suffix runs from them. A candidate whose bypassed units sit late in the network costs a
-fraction of a forward.
+fraction of a forward: :attr:`SharedPrefix.shares` says which, in the forward FLOPs ``propagate`` recorded
+on the nodes, so a policy can count what its checks ran.
 
 The values are the ones a full run of the candidate would compute, bit for bit on a deterministic
 backend, under two conditions checked here (a batch or a candidate that fails one is run in full):
@@ -27,6 +28,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
+
+from .shapes import node_flops
 
 __all__ = ["SharedPrefix", "changed_nodes"]
 
@@ -67,7 +70,10 @@ class _Suffix:
 
 class SharedPrefix:
     """The current graph ``base`` made to return its frontier values too, and each candidate's suffix.
-    :meth:`run` gives the base's output and every candidate's, running the shared prefix once."""
+    :meth:`run` gives the base's output and every candidate's, running the shared prefix once.
+
+    ``shares[i]`` is the forward FLOPs of candidate ``i``'s suffix and ``full_shares[i]`` those of the
+    whole candidate, both relative to ``base``'s (1.0 for both when the graphs carry no FLOPs)."""
 
     def __init__(self, base: fx.GraphModule, candidates: Sequence[fx.GraphModule]):
         self.candidates = list(candidates)
@@ -75,11 +81,15 @@ class SharedPrefix:
         self.suffixes = [_suffix(cand, changed_nodes(base, cand)) for cand in self.candidates]
         self.frontier = list(dict.fromkeys(f for s in self.suffixes for f in s.frontier))
         self.reference = _with_outputs(base, [base_nodes[f] for f in self.frontier])
+        whole = node_flops(base.graph.nodes)
+        self.full_shares = [node_flops(c.graph.nodes) / whole if whole else 1.0 for c in self.candidates]
+        self.shares = [(node_flops(s.module.graph.nodes) / whole if s.module is not None else 0.0) if whole else 1.0
+                       for s in self.suffixes]
 
-    def run(self, args: tuple, kwargs: dict, reseed: Callable[[], None]) -> tuple[Any, list[Any], int]:
-        """``(base output, candidate outputs, how many ran as suffixes)``; ``reseed()`` is called before
-        every run, as before a full one (a candidate falls back to a full run when the conditions of the
-        module docstring fail)."""
+    def run(self, args: tuple, kwargs: dict, reseed: Callable[[], None]) -> tuple[Any, list[Any], list[bool]]:
+        """``(base output, candidate outputs, which candidates ran as suffixes)``; ``reseed()`` is called
+        before every run, as before a full one (a candidate falls back to a full run when the conditions of
+        the module docstring fail)."""
         reseed()
         before = _rng_state()
         out, values, versions = self.reference(*args, **kwargs)
@@ -87,14 +97,14 @@ class SharedPrefix:
         env = dict(zip(self.frontier, values))
         # an in-place write after a value was computed bumps its version counter (shared by its views)
         touched = {f for f, v, n in zip(self.frontier, values, versions) if isinstance(v, torch.Tensor) and v._version != n}
-        outs, reused = [], 0
+        outs, reused = [], []
         for cand, suffix in zip(self.candidates, self.suffixes):
             reseed()
-            if not clean or touched.intersection(suffix.frontier):
+            reused.append(clean and not touched.intersection(suffix.frontier))
+            if not reused[-1]:
                 outs.append(cand(*args, **kwargs))
                 continue
             outs.append(out if suffix.module is None else suffix.module(*[_copy(env[f]) for f in suffix.frontier]))
-            reused += 1
         return out, outs, reused
 
 

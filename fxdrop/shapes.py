@@ -9,7 +9,7 @@ every module back into the mode it had.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.fx as fx
@@ -17,7 +17,7 @@ from torch.fx.passes.shape_prop import TensorMetadata, _extract_tensor_metadata
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["propagate", "tensor_meta", "same_tensor_meta", "FLOPS_KEY"]
+__all__ = ["propagate", "tensor_meta", "same_tensor_meta", "node_flops", "FLOPS_KEY"]
 
 FLOPS_KEY = "fxdrop_flops"
 
@@ -54,6 +54,12 @@ def propagate(gm: fx.GraphModule, example_inputs: tuple[Any, ...], example_kwarg
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+def node_flops(nodes: Iterable[fx.Node]) -> int:
+    """The forward FLOPs :func:`propagate` recorded on ``nodes`` (0 for a node it did not see), summed:
+    a graph's with ``gm.graph.nodes``."""
+    return sum(n.meta.get(FLOPS_KEY, 0) for n in nodes)
 
 
 def tensor_meta(node: fx.Node) -> TensorMetadata | None:

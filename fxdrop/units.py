@@ -30,7 +30,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .shapes import FLOPS_KEY, same_tensor_meta, tensor_meta
+from .shapes import node_flops, same_tensor_meta, tensor_meta
 
 __all__ = ["Unit", "UnitSite", "find_units", "is_inplace", "level_depth"]
 
@@ -312,14 +312,10 @@ def _projection_skip(a: fx.Node, b: fx.Node, ancestors: Callable[[fx.Node], set[
     sides = [(x, side(x)) for x in (a, b)]
     if any(nodes is None for _, nodes in sides):
         return None
-    (skip, skip_nodes), (_, branch_nodes) = sorted(sides, key=lambda xs: _flops(xs[1]))
-    if _flops(skip_nodes) >= _flops(branch_nodes):
+    (skip, skip_nodes), (_, branch_nodes) = sorted(sides, key=lambda xs: node_flops(xs[1]))
+    if node_flops(skip_nodes) >= node_flops(branch_nodes):
         return None
     return skip
-
-
-def _flops(nodes: set[fx.Node]) -> int:
-    return sum(x.meta.get(FLOPS_KEY, 0) for x in nodes)
 
 
 def _side_inputs_out(region: set[fx.Node], entry: fx.Node, exit_node: fx.Node, modules: dict[str, nn.Module]) -> set[fx.Node]:
@@ -526,7 +522,7 @@ def find_units(gm: fx.GraphModule, level: int | str = 0, projections: bool = Fal
         cand.param_ids = {i for i in ids if users_of[i] <= nodes}
         if not cand.param_ids:
             continue
-        cand.flops = _flops(nodes)
+        cand.flops = node_flops(nodes)
         if cand.kind == "residual":
             # constants (``_tensor_constant0``) live on the root: they say nothing about the module
             cand.module = _common_prefix([_module_path(n) for n in nodes if n.op != "get_attr"])

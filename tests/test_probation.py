@@ -14,6 +14,7 @@ from .test_policy import Scripted, _table
 class _Cost:
     def __init__(self, cost):
         self.cost, self.disagreement, self.accuracy_drop, self.kl = cost, cost, None, 0.0
+        self.share = 1.0  # a scripted candidate counts as a full run
 
 
 def _hold(net, x, labels=True):

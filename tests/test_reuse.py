@@ -3,6 +3,7 @@ full run wherever reusing the current graph's values would not be exact (randomn
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -42,9 +43,9 @@ def test_reused_costs_equal_full_runs_on_a_resnet():
     cands = [net.candidate_graph([n]) for n in live] + [net.candidate_graph(live[-3:]), net.candidate_graph([])]
     probe = _probe(x)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    reused = drop_cost(model, net.graph_module, cands, probe)
+    reused_costs = drop_cost(model, net.graph_module, cands, probe)
     full = drop_cost(model, _opaque(net.graph_module), [_opaque(g) for g in cands], probe)
-    assert _costs(reused) == _costs(full)  # exact: the same ops on the same values
+    assert _costs(reused_costs) == _costs(full)  # exact: the same ops on the same values
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # buffers restored
     shared = SharedPrefix(net.graph_module, cands)
     # each single-unit candidate's suffix reads one value: its unit's entry (a projection unit's: the
@@ -53,8 +54,22 @@ def test_reused_costs_equal_full_runs_on_a_resnet():
         ["maxpool"], ["layer1_0_relu_1"], ["layer2_0_downsample_1"], ["layer3_0_downsample_1"],
         ["layer3_0_relu_1"], ["layer4_0_downsample_1"], ["layer4_0_relu_1"], ["layer3_0_relu_1"], []]
     with torch.no_grad():
-        _, outs, n = shared.run((x,), {}, lambda: torch.manual_seed(0))
-    assert n == len(cands)
+        _, outs, reused = shared.run((x,), {}, lambda: torch.manual_seed(0))
+    assert reused == [True] * len(cands)
+    # what a suffix runs, by hand: the current graph's nodes after the frontier value, less the bypassed
+    # unit's own; shares of the current graph's FLOPs, reported by drop_cost for what it ran
+    order = [n.name for n in net.graph_module.graph.nodes]
+    flops = {n.name: n.meta["fxdrop_flops"] for n in net.graph_module.graph.nodes}
+    whole = sum(flops.values())
+    for name, share, front in zip(live, shared.shares, shared.suffixes):
+        after = order[order.index(front.frontier[0]) + 1:]
+        own = set(net.unit(name).sites["train"].nodes)
+        assert share == pytest.approx(sum(flops[n] for n in after if n not in own) / whole), name
+    assert shared.shares[-1] == 0.0 and shared.full_shares[-1] == 1.0  # the unchanged candidate runs nothing
+    assert shared.shares[:len(live)] == sorted(shared.shares[:len(live)], reverse=True)  # later units: less
+    assert all(0 < s < f <= 1 for s, f in zip(shared.shares[:-1], shared.full_shares[:-1]))
+    assert [c.share for c in reused_costs] == pytest.approx(shared.shares)
+    assert [c.share for c in full] == [1.0] * len(cands)  # opaque callables count as full runs
 
 
 def test_changed_nodes_are_the_ones_after_the_bypass():
@@ -118,5 +133,8 @@ def test_randomness_and_mutation_fall_back_to_full_runs():
         full = drop_cost(model, _opaque(net.graph_module), [_opaque(g) for g in cands], probe)
         assert _costs(reused) == _costs(full), cls
         with torch.no_grad():
-            _, _, n = SharedPrefix(net.graph_module, cands).run((x,), {}, lambda: torch.manual_seed(0))
-        assert n == 0, f"{cls.__name__}: a suffix reused values it must not"
+            shared = SharedPrefix(net.graph_module, cands)
+            _, _, ran = shared.run((x,), {}, lambda: torch.manual_seed(0))
+        assert not any(ran), f"{cls.__name__}: a suffix reused values it must not"
+        # what ran is counted: the whole candidate, not its suffix
+        assert [c.share for c in reused] == pytest.approx(shared.full_shares), cls

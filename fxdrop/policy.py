@@ -252,8 +252,11 @@ class LearnAndDrop(Policy):
         """Whether checks so far stay within ``check_budget`` of the training compute plus ``reinvest``
         of the compute the drops saved: so far, and, with ``total_steps`` known, what the units that are
         dropped for good (past their probation) will save from ``step`` to the end of the run."""
-        return self.check_rows <= self.check_budget * 3 * self.train_rows + self.reinvest * (
-            self.saved_rows + self.future_savings(step))
+        return self.check_rows <= self.check_allowance(step)
+
+    def check_allowance(self, step: int | None = None) -> float:
+        """The forward rows checks may have run by ``step`` (:meth:`check_allowed`; docs/method.md)."""
+        return self.check_budget * 3 * self.train_rows + self.reinvest * (self.saved_rows + self.future_savings(step))
 
     def future_savings(self, step: int | None) -> float:
         """Forward rows the units dropped for good will save from ``step`` to ``total_steps`` (0 when the
@@ -399,7 +402,10 @@ class LearnAndDrop(Policy):
         ]
         cands.sort(key=lambda u: scores[u.name]["continuation"])
         if self.check and cands and not self.check_allowed(step):
-            return []  # checks used their share of the compute: the candidates wait for a later boundary
+            # checks used their share of the compute: the candidates wait for a later boundary
+            log.info("fxdrop: step %d: checks ran %.0f forward rows, over their budget of %.0f; %s wait",
+                     step, self.check_rows, self.check_allowance(step), [u.name for u in cands])
+            return []
         if self.check and len(self.probe) and cands and not self._pays(cands, step, screened=False):
             # too late for these units to save what checking them would cost; it only gets later
             log.info("fxdrop: step %d: %s could not save what checking them costs before step %d; not tried",

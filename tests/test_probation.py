@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -207,7 +209,7 @@ def test_check_budget_reinvests_a_share_of_the_compute_drops_saved():
     pol.check_rows = 1
     assert pol.check_allowed()
     pol.check_rows = 2
-    assert not pol.check_allowed()
+    assert not pol.check_allowed() and pol.check_allowance() == pytest.approx(budget)
     pol.reinvest, pol.check_rows = 0.0, 1  # without reinvesting, the base 0.6 rows only
     assert not pol.check_allowed()
     pol.reinvest, pol.check_rows = 0.5, 2
@@ -217,6 +219,18 @@ def test_check_budget_reinvests_a_share_of_the_compute_drops_saved():
     assert again.saved_rows == pol.saved_rows and not again.check_allowed()
     with pytest.raises(ValueError, match="reinvest"):
         fxdrop.LearnAndDrop(reinvest=1.5)
+
+
+def test_candidates_over_the_check_budget_wait_and_are_named_in_the_log(caplog):
+    pol = Scripted(_table([0.1] * 5), interval=1, warmup=0)
+    net, x = _net(pol)
+    net.train()
+    net(x)
+    pol.check_rows = 10.0 ** 9
+    with caplog.at_level(logging.INFO, logger="fxdrop.policy"):
+        assert net.step() == []
+    assert pol.checks == [] and pol.check_rows == 10.0 ** 9  # nothing measured, nothing spent
+    assert "over their budget" in caplog.text and "'layer1.0'" in caplog.text
 
 
 def test_check_budget_counts_what_kept_drops_will_save_when_the_run_length_is_known():

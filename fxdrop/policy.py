@@ -131,8 +131,8 @@ class LearnAndDrop(Policy):
     network with the set put back) must be within ``tolerance``, or the set is restored; with
     ``total_steps`` known other units may be chosen meanwhile, without it one set is on probation at a
     time. With
-    ``probation=0`` a drop must cost at most ``tolerance`` at once. Refused and restored units are not
-    tried again for 1, 2, 4, ... intervals; the dropped FLOPs stay within ``max_drop_fraction`` and at
+    ``probation=0`` a drop must cost at most ``tolerance`` at once. Refused units are not tried again for
+    1, 2, 4, ... intervals, restored ones for at least ``probation`` intervals; the dropped FLOPs stay within ``max_drop_fraction`` and at
     most ``max_drops_per_event`` go at once. After a drop or a restore, BatchNorm running statistics are
     re-estimated on the held batches (``recalibrate``). Checks at a choice wait while they have used
     ``check_budget`` of the training compute plus ``reinvest`` of the compute the drops saved. With
@@ -519,7 +519,9 @@ class LearnAndDrop(Policy):
             net.restore(*names)
             self._restored_now += names
             for n in names:
-                self._reject(n, step)
+                # the lasting cost took `probation` intervals to measure; a screen one interval later only
+                # sees the shock, which these units had passed: not tried again until as long has passed
+                self._reject(n, step, at_least=max(self.probation, 1))
             self.restored.append((step, names))
             if self.recalibrate:
                 self._recalibrate()
@@ -579,8 +581,10 @@ class LearnAndDrop(Policy):
                 chosen.append(u)
         return [u.name for u in chosen]
 
-    def _reject(self, name: str, step: int) -> None:
-        wait = self.backoff.get(name, (0, 1))[1]
+    def _reject(self, name: str, step: int, at_least: int = 1) -> None:
+        """Back ``name`` off: it is not a candidate for the next 1, 2, 4, ... (at most 64) intervals, each
+        refusal doubling the wait, which is at least ``at_least`` intervals."""
+        wait = max(self.backoff.get(name, (0, 1))[1], at_least)
         self.backoff[name] = (step + wait * self.interval, min(2 * wait, 64))
 
     def _checked(self, cands: Sequence, step: int) -> list[str]:

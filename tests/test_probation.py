@@ -51,7 +51,10 @@ def test_probation_keeps_a_drop_that_recovered_and_restores_one_that_did_not(mon
     assert [c["stage"] for c in pol.checks] == [1, 1, "probation"]
     assert pol.checks[-1]["accepted"] is not restored
     if restored:
-        assert pol.restored == [(3, ["layer1.0"])] and pol.backoff["layer1.0"] == (4, 2)
+        # not a candidate again for `probation` (2) intervals, the time its lasting cost took to measure
+        # (a refused unit waits 1): a screen one interval later would see only the shock it had passed
+        assert pol.restored == [(3, ["layer1.0"])] and pol.backoff["layer1.0"] == (5, 4)
+        assert net.step() == [] and len(pol.checks) == 3  # step 4: its scores say "stopped", it waits
 
 
 def test_cohorts_on_probation_overlap_and_each_is_judged_alone(monkeypatch):

@@ -125,12 +125,12 @@ class LearnAndDrop(Policy):
     may go, gone from the first step) is warned about when the policy is bound.
 
     Candidates are then **checked** on a few held training batches (:mod:`fxdrop.probe`). With
-    ``probation`` (the default, 3 intervals) a drop passes when it changes at most ``shock`` of the held
-    predictions at once; the largest passing set, cheapest per FLOP first, is dropped at once and put on
-    probation: ``probation`` intervals later, its *lasting* cost (the network as it is against the same
-    network with the set put back) must be within ``tolerance``, or the set is restored; with
-    ``total_steps`` known other units may be chosen meanwhile, without it one set is on probation at a
-    time. With
+    ``probation`` (the default, 3 intervals) and ``total_steps`` known, a drop passes when it changes at
+    most ``shock`` of the held predictions at once; the largest passing set, cheapest per FLOP first, is
+    dropped at once and put on probation: ``probation`` intervals later, its *lasting* cost (the network
+    as it is against the same network with the set put back) must be within ``tolerance``, or the set is
+    restored; other units may be chosen meanwhile. Without ``total_steps`` any step may be the last, so a
+    drop must cost at most ``tolerance`` at once, and one set at a time is on probation. With
     ``probation=0`` a drop must cost at most ``tolerance`` at once. Refused units are not tried again for
     1, 2, 4, ... intervals, restored ones for at least ``probation`` intervals; the dropped FLOPs stay within ``max_drop_fraction`` and at
     most ``max_drops_per_event`` go at once. After a drop or a restore, BatchNorm running statistics are
@@ -481,12 +481,20 @@ class LearnAndDrop(Policy):
     def _check_probes(self) -> tuple[bool, Probe, Probe]:
         """``(on_trial, screen, wide)``: whether drops go on probation, and the held batches a choice's
         single-unit screen and its sets run on (what :meth:`_checked` runs and :meth:`_pays` prices). The
-        shock bound needs less precision than a cost against the tolerance (5% against 1%): on trial the
-        screen runs on one held batch and the sets on half of them, the lasting-cost check on all."""
+        shock bound needs less precision than a cost against the tolerance (5% against 1%): where it
+        applies (:meth:`_shock_allowed`) the screen runs on one held batch and the sets on half of them,
+        elsewhere both on all; the lasting-cost check always on all."""
         on_trial = self._on_trial()
-        if not on_trial:
-            return False, self.probe, self.probe
+        if not self._shock_allowed():
+            return on_trial, self.probe, self.probe
         return True, self.probe.head(1), self.probe.half()
+
+    def _shock_allowed(self) -> bool:
+        """Whether a drop may cost up to ``shock`` at once, its lasting cost checked ``probation`` intervals
+        later: on trial and with ``total_steps`` known, since then no probation ends in the final tenth
+        (:meth:`_decide`). With the end unknown, any step may be the last before the model is used, so a
+        drop must cost at most ``tolerance`` at once, and is then on probation all the same."""
+        return self._on_trial() and self.total_steps is not None
 
     def _on_trial(self) -> bool:
         """Whether drops go on probation now: only with labels on every held batch. Without them the later
@@ -607,12 +615,13 @@ class LearnAndDrop(Policy):
             return costs
 
         def passes(c) -> bool:
-            return c.disagreement <= max(self.shock, self.tolerance) if on_trial else c.cost <= self.tolerance
+            return c.disagreement <= max(self.shock, self.tolerance) if lenient else c.cost <= self.tolerance
 
         def price(c) -> float:
-            return c.disagreement if on_trial else c.cost
+            return c.disagreement if lenient else c.cost
 
-        on_trial, screen, wide = self._check_probes()
+        _, screen, wide = self._check_probes()
+        lenient = self._shock_allowed()
         ok = []
         for u, c in zip(cands, measure([[u] for u in cands], screen)):
             if u.scores and u.scores[-1].get("step") == step:

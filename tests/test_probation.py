@@ -40,7 +40,8 @@ def test_probation_keeps_a_drop_that_recovered_and_restores_one_that_did_not(mon
     # shock=0.05 though above tolerance=0.01; two intervals later the network without the unit is
     # compared with it put back
     _scripted_costs(monkeypatch, [[0.03], [0.03], [lasting]])
-    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9)
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9,
+                   total_steps=100)
     net, x = _net(pol)
     _hold(net, x)
     net.steps = 0
@@ -91,8 +92,9 @@ def test_cohorts_on_probation_overlap_and_each_is_judged_alone(monkeypatch):
 
 def test_without_total_steps_one_cohort_at_a_time(monkeypatch):
     # the end unknown, a second cohort waits until the first is confirmed: a run that stops early stops
-    # with at most one cohort whose lasting cost was never checked
-    _scripted_costs(monkeypatch, [[0.03], [0.03], [0.005], [0.02], [0.02]])
+    # with at most one cohort whose lasting cost was never checked (each screened on every held batch,
+    # within the tolerance: the screen is the set of one)
+    _scripted_costs(monkeypatch, [[0.005], [0.005], [0.005]])
     pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9)
     net, x = _net(pol)
     _hold(net, x)
@@ -101,6 +103,27 @@ def test_without_total_steps_one_cohort_at_a_time(monkeypatch):
     pol.table = _table([0.9, 0.2, 0.9, 0.9, 0.9])
     assert net.step() == [] and pol.on_probation == {"layer1.0": 3}  # layer1.1 waits
     assert net.step() == ["layer1.1"] and pol.on_probation == {"layer1.1": 5}  # layer1.0 confirmed at 3
+
+
+@pytest.mark.parametrize("total_steps", [None, 100])
+def test_the_shock_bound_needs_the_end_of_the_run(monkeypatch, total_steps):
+    # a drop that moves 3% of the held predictions (within shock=0.05, above tolerance=0.01) goes on
+    # probation only when total_steps says the probation ends in time; with the end unknown any step may
+    # be the last, so it must be within the tolerance at once, measured on every held batch
+    _scripted_costs(monkeypatch, [[0.03], [0.03]])
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9,
+                   total_steps=total_steps)
+    net, x = _net(pol)
+    _hold(net, x)
+    net.steps = 0
+    on_trial, screen, wide = pol._check_probes()
+    assert on_trial
+    if total_steps is None:
+        assert screen.rows == wide.rows == pol.probe.rows
+        assert net.step() == [] and [c["accepted"] for c in pol.checks] == [False] and "layer1.0" in pol.backoff
+    else:
+        assert screen.rows < wide.rows < pol.probe.rows
+        assert net.step() == ["layer1.0"] and pol.on_probation == {"layer1.0": 3}
 
 
 def test_units_that_pass_the_screen_but_cannot_repay_the_rest_back_off(monkeypatch, caplog):
@@ -143,13 +166,15 @@ def test_without_probation_the_drop_itself_must_be_within_tolerance(monkeypatch)
 
 def test_probation_state_survives_resume(monkeypatch):
     _scripted_costs(monkeypatch, [[0.03], [0.03]])
-    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=4, check_budget=1e9)
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=4, check_budget=1e9,
+                   total_steps=100)
     net, x = _net(pol)
     _hold(net, x)
     net.steps = 0
     net.step()
     state = net.drop_state_dict()
-    pol2 = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=4, check_budget=1e9)
+    pol2 = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=4, check_budget=1e9,
+                    total_steps=100)
     other, _ = _net(pol2)
     other.load_drop_state_dict(state)
     assert pol2.on_probation == {"layer1.0": 5} and other.dropped == ["layer1.0"]
@@ -159,7 +184,7 @@ def test_selection_screens_each_unit_then_drops_the_largest_set_that_passes(monk
     # screen (one held batch): layer1.0 0.01, layer1.1 0.02, layer2.1 0.2 (refused, backs off);
     # then the sets {layer1.0} and {layer1.0, layer1.1} (cheapest per FLOP first) on every held batch
     _scripted_costs(monkeypatch, [[0.01, 0.02, 0.2], [0.01, 0.06]])
-    pol = Scripted(_table([0.2, 0.2, 0.2, 0.9, 0.9]), interval=1, warmup=0, check_budget=1e9)
+    pol = Scripted(_table([0.2, 0.2, 0.2, 0.9, 0.9]), interval=1, warmup=0, check_budget=1e9, total_steps=100)
     net, x = _net(pol)
     _hold(net, x)
     assert pol.decide(1) == ["layer1.0"]

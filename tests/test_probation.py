@@ -114,7 +114,9 @@ def test_the_shock_bound_needs_the_end_of_the_run(monkeypatch, total_steps):
     pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9,
                    total_steps=total_steps)
     net, x = _net(pol)
-    _hold(net, x)
+    for i in range(4):  # four labelled held batches
+        net.steps = i
+        _hold(net, x)
     net.steps = 0
     on_trial, screen, wide = pol._check_probes()
     assert on_trial

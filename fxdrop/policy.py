@@ -133,7 +133,8 @@ class LearnAndDrop(Policy):
     drop must cost at most ``tolerance`` at once, and one set at a time is on probation. With
     ``probation=0`` a drop must cost at most ``tolerance`` at once. Refused units are not tried again for
     1, 2, 4, ... intervals, restored ones for at least ``probation`` intervals; the dropped FLOPs stay
-    within ``max_drop_fraction`` and at most ``max_drops_per_event`` go at once. After a drop or a restore, BatchNorm running statistics are
+    within ``max_drop_fraction`` and at most ``max_drops_per_event`` go at once. After a drop or a restore,
+    BatchNorm running statistics are
     re-estimated on the held batches (``recalibrate``). Checks at a choice wait while they have used
     ``check_budget`` of the training compute plus ``reinvest`` of the compute the drops saved. With
     ``total_steps`` known, nothing is dropped in the last ``final_fraction`` of the run (too late to recover) and the budget counts the whole run;

@@ -444,8 +444,9 @@ class LearnAndDrop(Policy):
         share = min(self._share(units), self.max_drop_fraction)
         saves = 3 * (self.train_rows / self.net.steps) * share * max(0, self.total_steps - step)
         on_trial, screen, wide = self._check_probes()
-        now = self._fraction(self._train_graph())
-        alone = self._suffix_shares(units)
+        graph = self._train_graph()
+        now = self._fraction(graph)
+        alone = self._suffix_shares(units, graph)
         top = max(alone, default=1.0)  # a set's suffix starts at its earliest unit: at most that unit's alone
         sets = len(_set_sizes(len(units))) - _screened_alone(screen, wide)
         cost = wide.rows * now * (1 + sets * top) if sets else 0.0
@@ -460,13 +461,13 @@ class LearnAndDrop(Policy):
         assert self.net is not None
         return node_flops(gm.graph.nodes) / max(self.net.full_flops("train"), 1)
 
-    def _suffix_shares(self, units: Sequence) -> list[float]:
+    def _suffix_shares(self, units: Sequence, graph: "fx.GraphModule | None" = None) -> list[float]:
         """What checking each unit alone runs after the prefix it shares with the current training graph
-        (:class:`fxdrop.reuse.SharedPrefix`), as a share of that graph's forward FLOPs: the nodes from the
-        unit's first one on, less its own. At least what the check runs (a node after the unit that does
-        not read it runs in the prefix); exactly that on a chain of blocks."""
+        (``graph``, built if not given; :class:`fxdrop.reuse.SharedPrefix`), as a share of that graph's
+        forward FLOPs: the nodes from the unit's first one on, less its own. At least what the check runs
+        (a node after the unit that does not read it runs in the prefix); exactly that on a chain of blocks."""
         assert self.net is not None
-        nodes = list(self._train_graph().graph.nodes)
+        nodes = list((graph if graph is not None else self._train_graph()).graph.nodes)
         whole = max(node_flops(nodes), 1)
         where = {n.name: i for i, n in enumerate(nodes)}
         tail = [0] * (len(nodes) + 1)
@@ -598,11 +599,12 @@ class LearnAndDrop(Policy):
 
     def _checked(self, cands: Sequence, step: int) -> list[str]:
         """Check the candidates on the probe and return the ones to drop now (docs/method.md): each alone
-        (with probation, on one held batch: a screen), then the sets of the cheapest 1, 2, 4, ... per FLOP
-        of those that passed and the set of all of them, measured in one pass over the held batches; the
-        largest set that passes is dropped. On probation (``probation`` set, labels held) a drop passes
-        when it changes at most ``shock`` of the predictions, its lasting cost being checked later;
-        otherwise when its cost is within ``tolerance``."""
+        (where the shock bound applies, on one held batch: a screen), then the sets of the cheapest 1, 2,
+        4, ... per FLOP of those that passed and the set of all of them, measured in one pass over the held
+        batches; the largest set that passes is dropped. Where the shock bound applies (probation, labels
+        held, ``total_steps`` known: :meth:`_shock_allowed`) a drop passes when it changes at most
+        ``shock`` of the predictions, its lasting cost being checked later; otherwise when its cost is
+        within ``tolerance``."""
         assert self.net is not None
         net = self.net
         current = self._train_graph()

@@ -209,6 +209,7 @@ def drop_cost(
     cost's ``share`` reports; other callables count as full runs)."""
     sums = [[0.0, 0.0, 0, 0.0] for _ in candidates]
     work = [0.0 for _ in candidates]  # rows times the share of the current graph's FLOPs each run took
+    held = 0
     labelled = len(probe) > 0 and all(t is not None for t in probe.targets)
     shared = None
     if len(probe) and isinstance(current, fx.GraphModule) and all(isinstance(g, fx.GraphModule) for g in candidates):
@@ -216,6 +217,7 @@ def drop_cost(
     with preserved_state(model, seed) as reseed:
         for (args, kwargs), y in zip(probe, probe.targets):
             rows = leading_rows(args, kwargs)
+            held += rows
             if shared is not None:
                 ref, outs, reused = shared.run(args, kwargs, reseed)
                 shares = [s if r else f for s, f, r in zip(shared.shares, shared.full_shares, reused)]
@@ -232,7 +234,6 @@ def drop_cost(
                 acc[2] += n
                 if labelled:
                     acc[3] += _correct(ref, y) - _correct(out, y)
-    held = probe.rows
     return [DropCost(d / n if n else math.nan, k / n if n else math.nan, n,
                      (a / n if n else math.nan) if labelled else math.nan, w / held if held else 1.0)
             for (d, k, n, a), w in zip(sums, work)]

@@ -138,7 +138,8 @@ class LearnAndDrop(Policy):
     re-estimated on the held batches (``recalibrate``). Checks at a choice wait while they have used
     ``check_budget`` of the training compute plus ``reinvest`` of the compute the drops saved. With
     ``total_steps`` known, nothing is dropped in the last ``final_fraction`` of the run (too late to recover) and the budget counts the whole run;
-    ``check=False`` gives the unchecked rule. Units named in ``never`` are kept.
+    ``check=False`` gives the unchecked rule. Units named in ``never`` are kept. A run whose length is
+    known only once training starts tells it with :meth:`set_total_steps` (the Lightning callback does).
     """
 
     def __init__(
@@ -205,8 +206,10 @@ class LearnAndDrop(Policy):
         for name, value, ok, what in checks:
             if not ok:
                 raise ValueError(f"LearnAndDrop: {name} must be {what}, got {value!r}")
-        if interval is None:  # about 30 boundaries over a known run, every 50 steps over a long or unknown one
-            interval = min(50, max(1, total_steps // 30)) if total_steps is not None else 50
+        # what the user gave, as against what was derived or told later (:meth:`set_total_steps`)
+        self.interval_given, self.total_steps_given = interval is not None, total_steps is not None
+        if interval is None:
+            interval = _default_interval(total_steps)
         self.interval, self.warmup, self.window, self.beta = interval, warmup, window, beta
         self.plateau, self.threshold, self.horizon, self.total_steps = plateau, threshold, horizon, total_steps
         self.max_drop_fraction, self.max_drops_per_event = max_drop_fraction, max_drops_per_event
@@ -237,6 +240,24 @@ class LearnAndDrop(Policy):
         # left out): what the time-measured speed-up target learns the fixed cost of a step from
         self.step_times: dict[str, list[float]] = {}
         self._clock: tuple[float, float] | None = None  # (perf_counter, check_seconds) at the last step
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Tell the policy the run's length in optimizer steps once it is known, e.g. from Lightning's
+        ``trainer.estimated_stepping_batches`` (:class:`fxdrop.integrations.lightning.FxdropCallback`
+        does). With the length known a drop may cost up to ``shock`` at once and be judged after its
+        probation, and the check budget counts the whole run. Before the first training step, an
+        ``interval`` not given at construction is re-derived from it (as the constructor would) with the
+        held batches' stride; later the interval stays, so the scores keep their spacing (a resumed run
+        told a longer length keeps its own)."""
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps <= 0:
+            raise ValueError(f"LearnAndDrop.set_total_steps: total_steps must be an int > 0, got {total_steps!r}")
+        self.total_steps = total_steps
+        if not self.interval_given and (self.net is None or not self.net.steps):
+            self._set_interval(_default_interval(total_steps))
+
+    def _set_interval(self, interval: int) -> None:
+        self.interval = interval
+        self.probe.stride = max(1, interval // self.probe.batches)
 
     def observe_lr(self, lr: float) -> None:
         self._lr_sum += lr
@@ -693,6 +714,7 @@ class LearnAndDrop(Policy):
         sd["probation"] = dict(self.on_probation)
         sd["restored"] = [[s, list(n)] for s, n in self.restored]
         sd["step_times"] = {k: list(v) for k, v in self.step_times.items()}
+        sd["schedule"] = {"interval": self.interval, "total_steps": self.total_steps}
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -713,6 +735,18 @@ class LearnAndDrop(Policy):
         self.restored = [(int(s), list(n)) for s, n in sd.get("restored", [])]
         self.step_times = {k: [float(t) for t in v] for k, v in sd.get("step_times", {}).items()}
         self._clock = None  # the first step after a resume is not timed (the gap spans the restart)
+        # a length told during the run (set_total_steps) and the interval derived from it come back with
+        # it, unless this policy was given its own: the scores so far are spaced by the saved interval
+        sched = sd.get("schedule") or {}
+        if sched.get("total_steps") is not None and not self.total_steps_given:
+            self.total_steps = int(sched["total_steps"])
+        if sched.get("interval") is not None and not self.interval_given:
+            self._set_interval(int(sched["interval"]))
+
+
+def _default_interval(total_steps: int | None) -> int:
+    """About 30 boundaries over a known run, every 50 steps over a long or unknown one."""
+    return min(50, max(1, total_steps // 30)) if total_steps is not None else 50
 
 
 def _set_sizes(n: int) -> list[int]:

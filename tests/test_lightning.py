@@ -40,12 +40,13 @@ def test_callback_drops_logs_and_checkpoints(tmp_path, full):
     lit = LitNet(full)
     keys = list(lit.state_dict())
     cb = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),),
-                        policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3, tolerance=1.0))
+                        policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3, check=False))
     logger = pl.loggers.CSVLogger(tmp_path)
     trainer = pl.Trainer(max_epochs=4, callbacks=[cb], logger=logger, enable_progress_bar=False, log_every_n_steps=1,
                          enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(lit, _loader())
     assert cb.net.dropped and list(lit.state_dict()) == keys
+    assert (cb.net.policy.total_steps, cb.net.policy.interval) == (32, 4)  # told the length; its interval kept
     logged = open(f"{logger.log_dir}/metrics.csv").readline()
     assert "fxdrop/units_dropped" in logged and "fxdrop/flops_ratio" in logged and "fxdrop/change/layer1.0" in logged
     ckpt = tmp_path / "last.ckpt"
@@ -55,9 +56,25 @@ def test_callback_drops_logs_and_checkpoints(tmp_path, full):
     assert state["drop_state"]["dropped"] == cb.net.dropped
     lit2 = LitNet(full)
     cb2 = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),),
-                         policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3, tolerance=1.0))
+                         policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3, check=False))
     trainer2 = pl.Trainer(max_epochs=5, callbacks=[cb2], logger=False, enable_progress_bar=False,
                           enable_model_summary=False, default_root_dir=tmp_path)
     trainer2.fit(lit2, _loader(), ckpt_path=ckpt)
     assert set(cb.net.dropped) <= set(cb2.net.dropped)
     assert cb2.net.steps == cb.net.steps + 8  # the step count came back from the checkpoint: one more epoch
+    assert cb2.net.policy.total_steps == 40  # the resumed run is told its new length
+
+
+def test_callback_tells_the_policy_the_run_length(tmp_path):
+    """A LearnAndDrop not given total_steps learns it from the trainer before the first step (its interval
+    derived from it, as if given); one given its own keeps it; other policies are left alone."""
+    told, own = fxdrop.LearnAndDrop(), fxdrop.LearnAndDrop(total_steps=1000)
+    assert (told.total_steps, told.interval) == (None, 50)
+    for policy, expected in ((told, (24, 1, 1)), (own, (1000, 33, 8)), (fxdrop.NoDrop(), None)):
+        cb = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),), policy=policy)
+        trainer = pl.Trainer(max_epochs=3, callbacks=[cb], logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False)
+        trainer.fit(LitNet(), _loader())
+        assert trainer.estimated_stepping_batches == 24
+        if expected is not None:
+            assert (policy.total_steps, policy.interval, policy.probe.stride) == expected

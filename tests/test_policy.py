@@ -294,6 +294,32 @@ def test_default_interval_follows_the_run_length(total, interval):
     assert fxdrop.LearnAndDrop(total_steps=total, interval=7).interval == 7
 
 
+def test_run_length_told_later():
+    # set_total_steps before the first step: as if given (interval and the held batches' stride derived)
+    pol = fxdrop.LearnAndDrop()
+    net, x = _net(pol)
+    pol.set_total_steps(330)
+    assert (pol.total_steps, pol.interval, pol.probe.stride) == (330, 11, 2)
+    # after steps: the length changes, the interval stays (the scores so far are spaced by it)
+    _train(net, x, 3)
+    pol.set_total_steps(660)
+    assert (pol.total_steps, pol.interval) == (660, 11)
+    # an interval the user gave is never re-derived
+    given = fxdrop.LearnAndDrop(interval=7)
+    given.set_total_steps(330)
+    assert (given.total_steps, given.interval) == (330, 7)
+    for bad in (0, -3, 2.5, True, None):
+        with pytest.raises(ValueError, match="set_total_steps: total_steps must be an int > 0"):
+            fxdrop.LearnAndDrop().set_total_steps(bad)
+    # a resumed policy not given them takes the told length and its interval from the saved state
+    fresh = fxdrop.LearnAndDrop()
+    _net(fresh)[0].load_drop_state_dict(net.drop_state_dict())
+    assert (fresh.total_steps, fresh.interval, fresh.probe.stride) == (660, 11, 2)
+    own = fxdrop.LearnAndDrop(total_steps=100, interval=5)
+    _net(own)[0].load_drop_state_dict(net.drop_state_dict())
+    assert (own.total_steps, own.interval) == (100, 5)
+
+
 def test_time_matched_steps_from_measured_cpu_time():
     from fxdrop.train import RunResult, time_matched_steps
 

@@ -5,13 +5,15 @@
 
 On ``setup`` it wraps ``getattr(pl_module, attr)`` with :func:`fxdrop.wrap` (the LightningModule's
 ``state_dict`` keys do not change: the wrapper shares the model's parameters under the same names);
-after every optimizer step it calls ``net.step(optimizer)`` and logs units dropped, the forward FLOPs
-ratio and, at interval boundaries, each live unit's change and continuation scores through the
-trainer's logger; it saves the drop state in Lightning checkpoints and restores it on resume.
+when training starts it tells a :class:`fxdrop.LearnAndDrop` not given ``total_steps`` the run's
+length (``trainer.estimated_stepping_batches``); after every optimizer step it calls
+``net.step(optimizer)`` and logs units dropped, the forward FLOPs ratio and, at interval boundaries,
+each live unit's change and continuation scores through the trainer's logger; it saves the drop state in Lightning checkpoints and restores it on resume.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 try:
@@ -52,6 +54,18 @@ class FxdropCallback(pl.Callback):
                                                                    **self.wrap_kwargs)
         setattr(pl_module, self.attr, self.net)
         self._apply_pending()
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # the policy's rules for a run of known length (a drop judged after its probation, nothing dropped
+        # in the final tenth, a budget over the whole run) need the length, which Lightning knows once its
+        # data is set up: tell it, unless the policy was given its own
+        policy = self.net.policy if self.net is not None else None
+        told = getattr(policy, "set_total_steps", None)
+        if told is None or getattr(policy, "total_steps_given", True):
+            return
+        total = trainer.estimated_stepping_batches
+        if isinstance(total, (int, float)) and math.isfinite(total) and total >= 1:
+            told(int(total))
 
     def _apply_pending(self) -> None:
         if self._pending is not None and self.net is not None and self.net._units is not None:

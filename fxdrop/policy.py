@@ -15,6 +15,8 @@ import random
 import time
 import warnings
 from statistics import median
+
+import torch
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .distributed import agree
@@ -124,7 +126,11 @@ class LearnAndDrop(Policy):
     (``"flops"``, independent of the machine). A target beyond :meth:`reachable_speedup` (every unit that
     may go, gone from the first step) is warned about when the policy is bound.
 
-    Candidates are then **checked** on a few held training batches (:mod:`fxdrop.probe`). With
+    Candidates are then **checked** on a few held training batches (:mod:`fxdrop.probe`), or, given
+    ``check_data`` (an iterable of ``(inputs, labels)`` batches, e.g. a validation DataLoader), on its first
+    ``probe_batches`` batches of at most ``probe_samples`` rows, taken once at the first training step: a
+    drop is then judged on data the network is not fitted to (BatchNorm re-estimation keeps training
+    batches). With
     ``probation`` (the default, 3 intervals) and ``total_steps`` known, a drop passes when it changes at
     most ``shock`` of the held predictions at once; the largest passing set, cheapest per FLOP first, is
     dropped at once and put on probation: ``probation`` intervals later, its *lasting* cost (the network
@@ -169,6 +175,7 @@ class LearnAndDrop(Policy):
         target_measure: str = "time",
         never: Iterable[str] = (),
         action: str = "drop",
+        check_data: Iterable | None = None,
     ):
         super().__init__(action, never)
         checks = [
@@ -202,6 +209,9 @@ class LearnAndDrop(Policy):
              "an int >= 0"),
             ("shock", shock, _num(shock) and 0 <= shock <= 1, "in [0, 1]"),
             ("target_measure", target_measure, target_measure in _MEASURES, f"one of {_MEASURES}"),
+            ("check_data", type(check_data).__name__,
+             check_data is None or (hasattr(check_data, "__iter__") and not isinstance(check_data, (str, dict))),
+             "None or an iterable of batches (e.g. a DataLoader)"),
         ]
         for name, value, ok, what in checks:
             if not ok:
@@ -230,6 +240,9 @@ class LearnAndDrop(Policy):
         # ``reinvest`` of them may pay for more checks, so a run that drops early can afford to check more
         self.saved_rows, self._rows_since = 0.0, 0
         self.probe = Probe(probe_batches, probe_samples, stride=max(1, interval // probe_batches))
+        # held-out batches the checks run on instead of held training batches (taken from check_data at the
+        # first training step, on its inputs' device); BatchNorm re-estimation keeps the training batches
+        self.check_data, self.held_out = check_data, None
         self.tracker: ScoreTracker | None = None
         self._lr_sum, self._lr_n = 0.0, 0
         self._frac_sum = 0.0  # forward-FLOPs fraction summed over the steps so far
@@ -269,6 +282,15 @@ class LearnAndDrop(Policy):
         self._rows_since += rows
         if self.check or self.recalibrate:
             self.probe.offer(step, args, kwargs)
+        if self.check and self.check_data is not None and self.held_out is None:
+            first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            self.held_out = Probe.fixed(self.check_data, self.probe.batches, self.probe.samples,
+                                        first.device if first is not None else None, what="LearnAndDrop: check_data")
+
+    @property
+    def checks_on(self) -> Probe:
+        """The held batches checks run on: ``check_data``'s once taken, else held training batches."""
+        return self.held_out if self.held_out is not None else self.probe
 
     def check_allowed(self, step: int | None = None) -> bool:
         """Whether checks so far stay within ``check_budget`` of the training compute plus ``reinvest``
@@ -428,12 +450,12 @@ class LearnAndDrop(Policy):
             log.info("fxdrop: step %d: checks ran %.0f forward rows, over their budget of %.0f; %s wait",
                      step, self.check_rows, self.check_allowance(step), [u.name for u in cands])
             return []
-        if self.check and len(self.probe) and cands and not self._pays(cands, step, screened=False):
+        if self.check and len(self.checks_on) and cands and not self._pays(cands, step, screened=False):
             # too late for these units to save what checking them would cost; it only gets later
             log.info("fxdrop: step %d: %s could not save what checking them costs before step %d; not tried",
                      step, [u.name for u in cands], self.total_steps)
             return []
-        if self.check and len(self.probe) and cands:
+        if self.check and len(self.checks_on) and cands:
             t0 = time.perf_counter()
             chosen = self._checked(cands, step)
             self.check_seconds += time.perf_counter() - t0
@@ -472,7 +494,7 @@ class LearnAndDrop(Policy):
         sets = len(_set_sizes(len(units))) - _screened_alone(screen, wide)
         cost = wide.rows * now * (1 + sets * top) if sets else 0.0
         cost += self.probe.half().rows * now if self.recalibrate else 0.0
-        cost += self.probe.rows * now * (1 + top) if on_trial else 0.0
+        cost += self.checks_on.rows * now * (1 + top) if on_trial else 0.0
         if not screened:
             cost += screen.rows * now * (1 + sum(alone))
         return saves, cost
@@ -507,10 +529,10 @@ class LearnAndDrop(Policy):
         shock bound needs less precision than a cost against the tolerance (5% against 1%): where it
         applies (:meth:`_shock_allowed`) the screen runs on one held batch and the sets on half of them,
         elsewhere both on all; the lasting-cost check always on all."""
-        on_trial = self._on_trial()
+        on_trial, held = self._on_trial(), self.checks_on
         if not self._shock_allowed():
-            return on_trial, self.probe, self.probe
-        return True, self.probe.head(1), self.probe.half()
+            return on_trial, held, held
+        return True, held.head(1), held.half()
 
     def _shock_allowed(self) -> bool:
         """Whether a drop may cost up to ``shock`` at once, its lasting cost checked ``probation`` intervals
@@ -523,7 +545,7 @@ class LearnAndDrop(Policy):
         """Whether drops go on probation now: only with labels on every held batch. Without them the later
         check could only count changed predictions, which two equally good networks also differ in, so
         every drop would be restored; a drop must then pass the tolerance at once."""
-        return bool(self.probation) and len(self.probe) > 0 and self.probe.labelled
+        return bool(self.probation) and len(self.checks_on) > 0 and self.checks_on.labelled
 
     def _end_probation(self, step: int, names: list[str]) -> None:
         """Judge the cohort ``names``, dropped ``probation`` intervals ago, now that the rest of the network
@@ -535,12 +557,13 @@ class LearnAndDrop(Policy):
         net = self.net
         for n in names:
             del self.on_probation[n]
-        if not len(self.probe):
+        held = self.checks_on
+        if not len(held):
             return
         t0 = time.perf_counter()
         back = net.candidate_graph([], "train", restore=names)
-        (c,) = drop_cost(net.model, back, [self._train_graph()], self.probe, step)
-        self.check_rows += self.probe.rows * self._fraction(back) * (1 + c.share)
+        (c,) = drop_cost(net.model, back, [self._train_graph()], held, step)
+        self.check_rows += held.rows * self._fraction(back) * (1 + c.share)
         accepted = c.cost <= self.tolerance
         self._record(step, [net.unit(n) for n in names], c, accepted, stage="probation")
         if accepted:
@@ -707,6 +730,7 @@ class LearnAndDrop(Policy):
         sd["flops"] = self._frac_sum
         sd["backoff"] = {k: list(v) for k, v in self.backoff.items()}
         sd["probe"] = self.probe.state_dict()
+        sd["held_out"] = self.held_out.state_dict() if self.held_out is not None else None
         sd["checks"] = [dict(c) for c in self.checks]
         sd["check_seconds"] = self.check_seconds
         sd["rows"] = (self.train_rows, self.check_rows)
@@ -725,6 +749,9 @@ class LearnAndDrop(Policy):
         self._frac_sum = float(sd.get("flops", 0.0))
         self.backoff = {k: (int(v[0]), int(v[1])) for k, v in sd.get("backoff", {}).items()}
         self.probe.load_state_dict(sd.get("probe") or {})
+        if sd.get("held_out") is not None:  # the same held-out rows as before the resume, not check_data's next
+            self.held_out = Probe(self.probe.batches, self.probe.samples)
+            self.held_out.load_state_dict(sd["held_out"])
         self.checks = [dict(c) for c in sd.get("checks", [])]
         self.check_seconds = float(sd.get("check_seconds", 0.0))
         rows, checks = sd.get("rows", (0, 0))

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.fx as fx
@@ -66,6 +66,28 @@ class Probe:
 
     def __len__(self) -> int:
         return len(self.held)
+
+    @classmethod
+    def fixed(cls, data: Iterable[Any], batches: int, samples: int, device: torch.device | str | None = None,
+              what: str = "check_data") -> "Probe":
+        """A probe of the first ``batches`` batches of ``data`` (held-out data, e.g. a validation loader),
+        at most ``samples`` rows each, copied to ``device``. A batch is the model's input tensor, or a
+        tuple or list ``(inputs, labels, ...)`` whose ``inputs`` is a tensor or a tuple of the model's
+        positional inputs and whose ``labels``, when a 1-d integer tensor, are class labels (anything
+        else is not used). Raises ``ValueError``/``TypeError`` naming ``what`` on data it cannot use."""
+        probe = cls(batches, samples)
+        for i, batch in enumerate(data):
+            if i == batches:
+                break
+            args, labels = _split_batch(batch, i, what)
+            keep = lambda v: v.detach()[:samples].to(device).clone() if v.dim() > 0 else v.to(device)  # noqa: E731
+            probe.held.append((tuple(keep(a) for a in args), {}))
+            probe.targets.append(keep(labels) if labels is not None else None)
+            probe.steps.append(0)
+        if not probe.held:
+            raise ValueError(f"{what} gave no batches: pass an iterable of batches (e.g. a DataLoader of held-out "
+                             "data), or leave it out to check on held training batches")
+        return probe
 
     def offer(self, step: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if step % self.stride:
@@ -132,6 +154,26 @@ class Probe:
         view = Probe(self.batches, self.samples, self.stride)
         view.held, view.targets, view.steps = self.held[:batches], self.targets[:batches], self.steps[:batches]
         return view
+
+
+def _split_batch(batch: Any, i: int, what: str) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """``(positional inputs, class labels or None)`` of one batch of held-out data (:meth:`Probe.fixed`)."""
+    labels = None
+    if isinstance(batch, torch.Tensor):
+        inputs: Any = (batch,)
+    elif isinstance(batch, (tuple, list)) and batch:
+        inputs = tuple(batch[0]) if isinstance(batch[0], (tuple, list)) else (batch[0],)
+        y = batch[1] if len(batch) > 1 else None
+        if isinstance(y, torch.Tensor) and y.dim() == 1 and not y.is_floating_point():
+            labels = y
+    else:
+        inputs = None
+    if not inputs or not all(isinstance(a, torch.Tensor) for a in inputs):
+        raise TypeError(f"{what}: batch {i} is a {type(batch).__name__}; expected the model's input tensor or an "
+                        "(inputs, labels) pair whose inputs is a tensor or a tuple of tensors")
+    if labels is not None and inputs[0].dim() > 0 and len(labels) != len(inputs[0]):
+        raise ValueError(f"{what}: batch {i} has {len(inputs[0])} inputs but {len(labels)} labels")
+    return inputs, labels
 
 
 @contextlib.contextmanager

@@ -286,3 +286,60 @@ def test_check_budget_counts_what_kept_drops_will_save_when_the_run_length_is_kn
     unknown = Scripted(_table([0.9] * 5), interval=1, warmup=0)
     _net(unknown)
     assert unknown.future_savings(1) == 0
+
+
+def _held_out(n=5, rows=6, labels=True):
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(rows, 3, 32, 32, generator=g) for _ in range(n)]
+    return [(x, torch.arange(rows) % 10) for x in xs] if labels else xs
+
+
+def test_checks_run_on_check_data_when_given(monkeypatch):
+    # every check (screen, sets, the lasting cost after probation) runs on the first probe_batches of
+    # check_data, probe_samples rows each; BatchNorm re-estimation keeps the held training batches
+    seen = []
+    costs = iter([[0.03], [0.03], [0.005]])
+
+    def scripted(model, current, candidates, probe, seed=0):
+        seen.append(probe)
+        return [_Cost(c) for c in next(costs)]
+
+    monkeypatch.setattr(fxdrop.policy, "drop_cost", scripted)
+    val = _held_out()
+    pol = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, probation=2, check_budget=1e9,
+                   total_steps=100, check_data=val, probe_batches=4, probe_samples=4)
+    net, x = _net(pol)
+    _hold(net, x)
+    net.steps = 0
+    assert pol.checks_on is pol.held_out and len(pol.held_out) == 4 and pol.held_out.labelled
+    for (args, _), t, (vx, vy) in zip(pol.held_out.held, pol.held_out.targets, val):
+        assert torch.equal(args[0], vx[:4]) and torch.equal(t, vy[:4])
+    assert net.step() == ["layer1.0"] and net.step() == [] and net.step() == [] and net.dropped == ["layer1.0"]
+    assert [len(p) for p in seen] == [1, 2, 4]  # screen on one batch, the set on half, the lasting cost on all
+    assert all(p.held[0][0][0] is pol.held_out.held[0][0][0] for p in seen)
+    assert len(pol.probe) == 1 and pol.probe.held[0][0][0].shape[0] == len(x)  # the training batch, for BN
+    # resumed without check_data: the same held-out rows, not a new draw
+    fresh = Scripted(_table([0.2, 0.9, 0.9, 0.9, 0.9]), interval=1, total_steps=100)
+    _net(fresh)[0].load_drop_state_dict(net.drop_state_dict())
+    assert torch.equal(fresh.held_out.held[3][0][0], val[3][0][:4]) and fresh.checks_on is fresh.held_out
+
+
+def test_check_data_without_labels_means_no_probation():
+    # labelled training batches, unlabelled check_data: the checks cannot measure accuracy, so no probation
+    pol = fxdrop.LearnAndDrop(total_steps=100, check_data=_held_out(labels=False))
+    net, x = _net(pol)
+    _hold(net, x)
+    assert pol.probe.labelled and not pol.checks_on.labelled and not pol._on_trial()
+
+
+@pytest.mark.parametrize("data, error, match", [
+    ("val", ValueError, "check_data must be None or an iterable of batches"),
+    ([], ValueError, "check_data gave no batches"),
+    ([{"x": torch.randn(2, 3, 32, 32)}], TypeError, "check_data: batch 0 is a dict"),
+    ([(torch.randn(3, 3, 32, 32), torch.arange(2))], ValueError, "batch 0 has 3 inputs but 2 labels"),
+])
+def test_check_data_errors_name_the_batch(data, error, match):
+    with pytest.raises(error, match=match):
+        pol = fxdrop.LearnAndDrop(total_steps=100, check_data=data)
+        net, x = _net(pol)
+        _hold(net, x)

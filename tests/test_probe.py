@@ -356,3 +356,18 @@ def test_no_drop_in_the_final_fraction_when_total_steps_is_known():
     pol.max_drop_fraction = 1.0  # ... and the final half is closed
     _train_steps(net, pol, 10, seed=1)
     assert net.dropped == [] and net.steps == 20
+
+
+def test_probe_from_held_out_batches():
+    # Probe.fixed: the first `batches` batches, `samples` rows each; inputs a tensor or a tuple of
+    # positional inputs; 1-d integer labels kept, other second elements (float targets) not used
+    a, b, y = torch.randn(5, 3), torch.randn(5, 2), torch.arange(5)
+    p = Probe.fixed([((a, b), y), (a, y.float()), a, (a,)], batches=3, samples=2)
+    assert len(p) == 3 and p.rows == 6 and not p.labelled
+    (args0, kw0), (args1, _), (args2, _) = p.held
+    assert torch.equal(args0[0], a[:2]) and torch.equal(args0[1], b[:2]) and kw0 == {}
+    assert len(args1) == 1 and len(args2) == 1
+    assert torch.equal(p.targets[0], y[:2]) and p.targets[1] is None and p.targets[2] is None
+    a.add_(1)  # copies, not views of the caller's tensors
+    assert not torch.equal(p.held[0][0][0], a[:2])
+    assert Probe.fixed([(a, y)] * 9, batches=4, samples=64).labelled

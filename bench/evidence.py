@@ -14,6 +14,10 @@ For one model and data set and each seed, in one process (after an untimed warm-
   (progressive layer dropping, stochastic depth, freezing) and two ablations of Learn&Drop (no check;
   no BatchNorm re-estimation without ``total_steps``) with ``--anchors``.
 
+``--validation N`` makes the first N test images a validation split (every arm is tested on the rest) and
+the optional arm ``l&d, held-out checks`` checks its drops on them (``LearnAndDrop(check_data=...)``);
+``--no-replays`` leaves out the time-matched and random arms.
+
 ``--arms`` runs only the named phase-1 arms (and the full network), among them the optional ones: the
 budget knob measured in FLOPs beside the default measured in time, at 2x and 1.5x, and ``full, again``:
 a second instance of the full network, an A/A control of how far two identical arms' times differ. Without
@@ -57,7 +61,9 @@ OPTIONAL = {  # phase-1 arms run only when named in --arms: the knob's two measu
     "l&d, target 2x by FLOPs": ("learn-and-drop", {"target_speedup": 2.0, "target_measure": "flops"}),
     "l&d, target 1.5x": ("learn-and-drop", {"target_speedup": 1.5}),
     "l&d, target 1.5x by FLOPs": ("learn-and-drop", {"target_speedup": 1.5, "target_measure": "flops"}),
+    "l&d, held-out checks": ("learn-and-drop", {}),  # checks on the --validation images (ARM_CFG)
 }
+ARM_CFG = {"l&d, held-out checks": {"checks_on": "validation"}}  # TrainConfig fields an arm changes
 PHASE2 = ("full-matched", "random")
 ANCHORS = ("thin", "position", "pld", "stochastic-depth", "freeze")
 ABLATIONS = {  # what the check and the BatchNorm re-estimation are worth (with --anchors)
@@ -79,20 +85,23 @@ def _row(label: str, run: TrainRun, phase: int) -> dict:
 
 def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     data = data_mod.load(args.dataset).limit(args.train_limit, None)
+    if args.validation:
+        data.hold_out(args.validation)
     factory = lambda: build_model(args.model, data.num_classes)  # noqa: E731
     cfg = TrainConfig(epochs=args.epochs, seed=seed, warmup_epochs=0.0, progress=False, batch_size=args.batch_size,
                       lr=args.lr, schedule=args.schedule, interval=args.interval, projections=args.projections)
     warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=20), "none")
     train_interleaved([warm])  # untimed: one-off start-up costs land here
     del warm
-    runs = {label: TrainRun(factory, data, dataclasses.replace(cfg, ld_options=opts), kind, label=label)
+    runs = {label: TrainRun(factory, data, dataclasses.replace(cfg, ld_options=opts, **ARM_CFG.get(label, {})), kind,
+                            label=label)
             for label, (kind, opts) in {**PHASE1, **OPTIONAL}.items() if label in (args.arms or PHASE1)}
     t0 = time.time()
     train_interleaved(list(runs.values()), progress=args.progress)
     rows = [_row(label, run, 1) for label, run in runs.items()]
     deps = {}
     extra = args.anchors
-    if "learn-and-drop" in runs:  # the arms that follow Learn&Drop's run
+    if "learn-and-drop" in runs and not args.no_replays:  # the arms that follow Learn&Drop's run
         ld_run = runs["learn-and-drop"]
         budget = time_matched_steps(runs["full"].result(), ld_run.result())
         kinds = list(PHASE2) + (list(ANCHORS) if extra else [])
@@ -108,7 +117,8 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     train_interleaved(list(deps.values()), progress=args.progress)
     rows += [_row(k, run, 2) for k, run in deps.items()]
     doc = {"model": args.model, "dataset": args.dataset, "source": data.source, "epochs": args.epochs,
-           "seed": seed, "train_images": len(data.train_y), "torch": torch.__version__,
+           "seed": seed, "train_images": len(data.train_y), "test_images": len(data.test_y),
+           "validation_images": args.validation, "torch": torch.__version__,
            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "elapsed_s": time.time() - t0,
            "command": "python bench/evidence.py " + " ".join(args.argv), "code": args.code, "tag": args.tag,
            "protocol": {"batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": cfg.schedule, "interval": cfg.interval,
@@ -157,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--arms", nargs="+", choices=list(PHASE1) + list(OPTIONAL), default=None, metavar="LABEL",
                    help="only these phase-1 arms (the full network always; the time-matched and random arms "
                         f"need 'learn-and-drop'); labels: {', '.join(map(repr, {**PHASE1, **OPTIONAL}))}")
+    p.add_argument("--validation", type=int, default=0, metavar="N",
+                   help="hold out the first N test images as a validation split (every arm is tested on the rest; "
+                        "the 'l&d, held-out checks' arm checks its drops on them)")
+    p.add_argument("--no-replays", action="store_true",
+                   help="no time-matched or random arm after Learn&Drop (the --matched-at arms still run)")
     p.add_argument("--out", default="docs/measurements/evidence")
     p.add_argument("--progress", action="store_true")
     args = p.parse_args(argv)

@@ -37,6 +37,8 @@ class ImageData:
     num_classes: int
     source: str
     flip: bool = False  # random horizontal flips in training (natural images, not digits)
+    val_x: torch.Tensor | None = None  # a validation split (:meth:`hold_out`), e.g. for drop checks
+    val_y: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -47,6 +49,15 @@ class ImageData:
             self.train_x, self.train_y = self.train_x[:train], self.train_y[:train]
         if test is not None:
             self.test_x, self.test_y = self.test_x[:test], self.test_y[:test]
+        return self
+
+    def hold_out(self, n: int) -> "ImageData":
+        """Make the first ``n`` test images a validation split (``batches("val", ...)``); the test split keeps
+        the rest, so no image is both checked on and reported on."""
+        if not 0 < n < len(self.test_y):
+            raise ValueError(f"{self.name}: hold_out needs 0 < n < {len(self.test_y)} test images, got {n}")
+        self.val_x, self.val_y = self.test_x[:n], self.test_y[:n]
+        self.test_x, self.test_y = self.test_x[n:], self.test_y[n:]
         return self
 
     def prepare(self, x: torch.Tensor, channels: int = 3, size: int | None = None) -> torch.Tensor:
@@ -62,7 +73,10 @@ class ImageData:
         return x.contiguous()
 
     def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        x, y = {"train": (self.train_x, self.train_y), "test": (self.test_x, self.test_y),
+                "val": (self.val_x, self.val_y)}[split]
+        if x is None:
+            raise ValueError(f"{self.name}: no {split!r} split (ImageData.hold_out makes a validation split)")
         order = torch.randperm(len(x), generator=generator) if generator is not None else torch.arange(len(x))
         for i in range(0, len(x), batch_size):
             idx = order[i : i + batch_size]

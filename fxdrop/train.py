@@ -55,6 +55,7 @@ class TrainConfig:
     stochastic_depth_p: float = 0.5
     ld_options: dict = field(default_factory=dict)  # extra LearnAndDrop keyword arguments
     projections: bool = False  # ``wrap(..., projections=True)``: downsampling blocks' branches are units too
+    checks_on: str = "train"  # Learn&Drop's checks on held training batches, or on the data's "validation" split
     max_steps: int | None = None  # stop early (the CLI's untimed warm-up run)
     progress: bool = True
     evaluate: bool = True  # test accuracy at every epoch end (False: only when asked for a result)
@@ -66,6 +67,8 @@ class TrainConfig:
         # checked here, not when a run starts: a bad value must fail before a model is built and traced
         if self.schedule not in ("onecycle", "constant"):
             raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
+        if self.checks_on not in ("train", "validation"):
+            raise ValueError(f"checks_on must be 'train' or 'validation', got {self.checks_on!r}")
 
 
 @dataclass
@@ -98,13 +101,15 @@ class RunResult:
 
 
 def make_policy(kind: str, total_steps: int, cfg: TrainConfig, steps_per_epoch: int,
-                reference: Policy | None = None) -> Policy:
-    """The drop policy of arm ``kind`` for a run of ``total_steps`` steps."""
+                reference: Policy | None = None, check_data: Any = None) -> Policy:
+    """The drop policy of arm ``kind`` for a run of ``total_steps`` steps (``check_data``: Learn&Drop's
+    held-out batches for checks, with ``cfg.checks_on="validation"``)."""
     interval = cfg.interval or max(1, steps_per_epoch // 10)
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if kind in ("learn-and-drop", "freeze"):
         return LearnAndDrop(**{"interval": interval, "warmup": warmup, "total_steps": total_steps,
-                                "action": "freeze" if kind == "freeze" else "drop", **cfg.ld_options})
+                                "action": "freeze" if kind == "freeze" else "drop", "check_data": check_data,
+                                **cfg.ld_options})
     if kind in REPLAYS:
         if reference is None:
             raise ValueError(f"policy {kind!r} replays a Learn&Drop schedule: run learn-and-drop first")
@@ -170,8 +175,11 @@ class TrainRun:
         try:
             torch.manual_seed(cfg.seed)
             model = model_factory()
+            check_data = None
+            if cfg.checks_on == "validation":  # every validation image, in batches of the probe's default rows
+                check_data = [(data.prepare(x, 3, cfg.input_size), y) for x, y in data.batches("val", 128)]
             self.policy = make_policy("none" if kind == "full-matched" else kind, self.total, cfg,
-                                      self.steps_per_epoch, reference)
+                                      self.steps_per_epoch, reference, check_data)
             example = data.prepare(data.train_x[:2], 3, cfg.input_size)
             self.net = wrap(model, example_inputs=(example,), policy=self.policy, projections=cfg.projections)
             if kind == "stochastic-depth":

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -87,6 +88,12 @@ class Probe:
         if not probe.held:
             raise ValueError(f"{what} gave no batches: pass an iterable of batches (e.g. a DataLoader of held-out "
                              "data), or leave it out to check on held training batches")
+        labels = [t for t in probe.targets if t is not None]
+        if labels and len(torch.cat([t.flatten().cpu() for t in labels]).unique()) == 1:
+            # an unshuffled loader over class-sorted files (ImageFolder) starts with one class: checks on it
+            # would judge every drop by that class alone
+            warnings.warn(f"fxdrop: {what}'s first {len(probe)} batches hold a single class; checks would judge "
+                          "drops on it alone: pass a shuffled loader or a mixed slice", stacklevel=4)
         return probe
 
     def offer(self, step: int, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

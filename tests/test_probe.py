@@ -371,3 +371,9 @@ def test_probe_from_held_out_batches():
     a.add_(1)  # copies, not views of the caller's tensors
     assert not torch.equal(p.held[0][0][0], a[:2])
     assert Probe.fixed([(a, y)] * 9, batches=4, samples=64).labelled
+
+
+def test_held_out_batches_of_one_class_are_warned_about():
+    x = torch.randn(4, 3)
+    with pytest.warns(UserWarning, match="first 2 batches hold a single class"):
+        Probe.fixed([(x, torch.zeros(4, dtype=torch.long))] * 3, batches=2, samples=4)

@@ -225,7 +225,13 @@ def _load_data(args: argparse.Namespace) -> data_mod.ImageData:
     if min(data.shape[-2:]) > args.input_size:
         raise UsageError(f"--input-size {args.input_size} is smaller than the {args.dataset} images "
                          f"({data.shape[-2]}x{data.shape[-1]}); use --input-size {max(data.shape[-2:])} or more")
-    return data.limit(args.train_limit, args.test_limit)
+    data = data.limit(args.train_limit, args.test_limit)
+    if args.validation:
+        try:
+            data.hold_out(args.validation)
+        except ValueError as e:
+            raise UsageError(f"--validation {args.validation}: {e}") from None
+    return data
 
 
 def _slow_arm_hook() -> Callable[[str, int], None] | None:
@@ -354,7 +360,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                       seed=args.seed, input_size=args.input_size, interval=args.interval,
                       warmup_epochs=args.warmup_epochs, projections=args.projections,
-                      ld_options=ld_options, progress=not args.no_progress, step_hook=hook)
+                      checks_on="validation" if args.validation else "train", ld_options=ld_options, progress=not args.no_progress, step_hook=hook)
     kinds = list(dict.fromkeys(args.policy))
     spe = -(-len(data.train_y) // cfg.batch_size)
     first = first_drop_step(cfg, spe)
@@ -518,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only the first N training images; default: all")
     r.add_argument("--test-limit", type=_int_at_least(1), default=None,
                    help="use only the first N test images; default: all")
+    r.add_argument("--validation", type=_int_at_least(1), default=None, metavar="N",
+                   help="hold out the first N test images as a validation split: Learn&Drop checks its drops on "
+                        "them instead of on held training batches; every arm is tested on the rest")
     r.add_argument("--threads", type=_int_at_least(1), default=None, help="torch threads; default: torch's choice")
     r.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                    help="machine-readable results: to stdout (no PATH) or to the file PATH")

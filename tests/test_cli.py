@@ -239,6 +239,8 @@ BAD = [  # (argv, regex the one stderr line must match)
     (["run", "--plot", "t.txt"], r"--plot t.txt: unsupported file type '.txt'; use one of .png"),
     (["run", "--json", "no/such/dir/r.json"], r"--json no/such/dir/r.json: directory no/such/dir does not exist"),
     (["run", "--threads", "0"], r"--threads: must be >= 1, got 0"),
+    (["run", "--test-limit", "64", "--validation", "64"],
+     r"--validation 64: mnist-small: hold_out needs 0 < n < 64 test images, got 64"),
     (["run", "--train-limit", "0"], r"--train-limit: must be >= 1, got 0"),
     (["run", "--interval", "0"], r"--interval: must be >= 1, got 0"),
     (["run", "--warmup-epochs", "-1"], r"--warmup-epochs: must be a finite number >= 0, got -1"),
@@ -338,3 +340,20 @@ def test_train_config_rejects_an_unknown_schedule():
         TrainConfig(schedule="cosine", progress=False)
     with pytest.raises(ValueError, match="got 'cosine'"):
         dataclasses.replace(TrainConfig(), schedule="cosine")
+
+
+def test_validation_split_feeds_learn_and_drop_checks(one_thread):
+    # --validation N / TrainConfig(checks_on="validation"): the first N test images become the checks'
+    # held-out data (in batches of 128 rows, prepared as training inputs) and leave the test split
+    d = data.load("mnist-small").limit(256, 400).hold_out(300)
+    assert (len(d.val_y), len(d.test_y)) == (300, 100)
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False, evaluate=False, checks_on="validation")
+    run = TrainRun(tiny_resnet, d, cfg, "learn-and-drop")
+    batches = run.policy.check_data
+    assert [len(y) for _, y in batches] == [128, 128, 44]
+    assert torch.equal(batches[0][0], d.prepare(d.val_x[:128], 3, 32)) and torch.equal(batches[2][1], d.val_y[256:])
+    assert TrainRun(tiny_resnet, d, dataclasses.replace(cfg, checks_on="train"), "learn-and-drop").policy.check_data is None
+    with pytest.raises(ValueError, match="no 'val' split"):
+        TrainRun(tiny_resnet, data.load("mnist-small").limit(256, 400), cfg, "learn-and-drop")
+    with pytest.raises(ValueError, match="checks_on must be 'train' or 'validation', got 'test'"):
+        TrainConfig(checks_on="test", progress=False)

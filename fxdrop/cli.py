@@ -360,7 +360,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                       seed=args.seed, input_size=args.input_size, interval=args.interval,
                       warmup_epochs=args.warmup_epochs, projections=args.projections,
-                      checks_on="validation" if args.validation else "train", ld_options=ld_options, progress=not args.no_progress, step_hook=hook)
+                      checks_on="validation" if args.validation else "train", ld_options=ld_options,
+                      progress=not args.no_progress, step_hook=hook)
     kinds = list(dict.fromkeys(args.policy))
     spe = -(-len(data.train_y) // cfg.batch_size)
     first = first_drop_step(cfg, spe)

@@ -15,9 +15,9 @@ import random
 import time
 import warnings
 from statistics import median
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
-from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .distributed import agree
 from .probe import Probe, drop_cost, leading_rows, recalibrate_batchnorm

@@ -8,7 +8,8 @@ On ``setup`` it wraps ``getattr(pl_module, attr)`` with :func:`fxdrop.wrap` (the
 when training starts it tells a :class:`fxdrop.LearnAndDrop` not given ``total_steps`` the run's
 length (``trainer.estimated_stepping_batches``); after every optimizer step it calls
 ``net.step(optimizer)`` and logs units dropped, the forward FLOPs ratio and, at interval boundaries,
-each live unit's change and continuation scores through the trainer's logger; it saves the drop state in Lightning checkpoints and restores it on resume.
+each live unit's change and continuation scores through the trainer's logger; it saves the drop state
+in Lightning checkpoints and restores it on resume.
 """
 
 from __future__ import annotations

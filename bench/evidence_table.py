@@ -111,6 +111,27 @@ def paired(arms: dict, mine: tuple[str, ...] = ("learn-and-drop", "l&d, target 2
     return out
 
 
+def probation_summary(folder: Path, pattern: str = "*.json") -> list[str]:
+    """Per model, data set and arm: the lasting-cost checks at the end of probations (``stage ==
+    "probation"``), split into the accuracy lost ``a`` and the standard error the cost adds to it (cost −
+    a), as means over every check of every seed, and how many restored their cohort."""
+    groups: dict = defaultdict(list)
+    for path in sorted(folder.glob(pattern)):
+        doc = json.loads(path.read_text())
+        for r in doc["runs"]:
+            for c in r.get("checks", []):
+                if c.get("stage") == "probation" and c.get("accuracy_drop") is not None:
+                    groups[(doc["model"], doc["dataset"] + doc.get("tag", ""), r["label"])].append(c)
+    out = []
+    for (model, dataset, label), checks in groups.items():
+        a = [100 * c["accuracy_drop"] for c in checks]
+        se = [100 * (c["cost"] - c["accuracy_drop"]) for c in checks]
+        out.append(f"- {model} / {dataset}, {label}: {len(checks)} lasting-cost checks, accuracy lost a "
+                   f"{statistics.mean(a):+.2f} pt, standard error added {statistics.mean(se):.2f} pt (means), "
+                   f"{sum(not c['accepted'] for c in checks)} restored")
+    return out
+
+
 def plot(data: dict, path: str) -> None:
     import matplotlib
 
@@ -154,9 +175,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("folder", nargs="?", default="docs/measurements/evidence")
     p.add_argument("--plot", default=None)
+    p.add_argument("--probation", action="store_true",
+                   help="also the lasting-cost checks' accuracy lost and standard error, per arm")
     args = p.parse_args()
     data = collect(Path(args.folder))
     print(table(data))
+    if args.probation:
+        print("\n" + "\n".join(probation_summary(Path(args.folder))))
     if args.plot:
         plot(data, args.plot)
 

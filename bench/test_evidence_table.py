@@ -6,7 +6,7 @@ import json
 import pytest
 
 from .compare_versions import compare
-from .evidence_table import collect, paired
+from .evidence_table import collect, paired, probation_summary
 
 
 def _run(label, acc, epochs, cpu, phase=1, events=(), steps=100, checks=()):
@@ -62,3 +62,15 @@ def test_compare_versions_pairs_another_tag_by_seed(tmp_path):
     assert lines[2:] == ["| s0 | 70.00 / 70.00 | 1.25x, -5.00, [30: 1] restored at [50] "
                          "| 1.25x, -1.00, [30: 1] restored at [50] |",  # seed 1 has no old run: left out
                          "\nnew − old over 1 seeds: speed-up +0.00x, Δ acc +4.00 pt"]
+
+
+def test_probation_summary_splits_accuracy_lost_and_standard_error(tmp_path):
+    checks = [{"step": 50, "stage": "probation", "accepted": True, "units": ["a"], "accuracy_drop": -0.02, "cost": -0.01},
+              {"step": 60, "stage": "probation", "accepted": False, "units": ["b"], "accuracy_drop": 0.01, "cost": 0.02},
+              {"step": 20, "stage": 1, "accepted": True, "units": ["b"], "accuracy_drop": 0.5, "cost": 0.5}]
+    doc = _doc(0, 0.7, 0.65, [0.6, 0.8, 0.65])
+    doc["runs"][1]["checks"] = checks
+    _write(tmp_path / "e", [doc])
+    assert probation_summary(tmp_path / "e") == [
+        "- m / d-user, learn-and-drop: 2 lasting-cost checks, accuracy lost a -0.50 pt, standard error added "
+        "1.00 pt (means), 1 restored"]

@@ -18,9 +18,10 @@ from statistics import median
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
+from torch.utils._pytree import tree_map
 
 from .distributed import agree
-from .probe import Probe, drop_cost, leading_rows, recalibrate_batchnorm
+from .probe import Probe, drop_cost, leading_rows, predictions, recalibrate_batchnorm
 from .scores import ScoreTracker
 from .shapes import node_flops
 
@@ -37,6 +38,9 @@ _ACTIONS = ("drop", "freeze")
 _MEASURES = ("time", "flops")
 _TIMES_KEPT = 64  # step times kept per graph (the most recent): a median over them
 _TIMES_NEEDED = 8  # step times a graph needs before its median counts
+# rows whose predictions measure training's churn (follow_churn): one forward of them per interval, a
+# fraction of a percent of the training compute; 1/32 granularity, below the 5% shock floor
+_CHURN_ROWS = 32
 
 
 class Policy:
@@ -146,6 +150,8 @@ class LearnAndDrop(Policy):
     ``total_steps`` known, nothing is dropped in the last ``final_fraction`` of the run (too late to recover) and the budget counts the whole run;
     ``check=False`` gives the unchecked rule. Units named in ``never`` are kept. A run whose length is
     known only once training starts tells it with :meth:`set_total_steps` (the Lightning callback does).
+    ``follow_churn=True`` (opt-in, docs/method.md) raises the shock bound to the share of predictions one
+    interval of training itself moved on 32 held rows, when that is larger.
     """
 
     def __init__(
@@ -176,6 +182,7 @@ class LearnAndDrop(Policy):
         never: Iterable[str] = (),
         action: str = "drop",
         check_data: Iterable | None = None,
+        follow_churn: bool = False,
     ):
         super().__init__(action, never)
         checks = [
@@ -209,6 +216,7 @@ class LearnAndDrop(Policy):
              "an int >= 0"),
             ("shock", shock, _num(shock) and 0 <= shock <= 1, "in [0, 1]"),
             ("target_measure", target_measure, target_measure in _MEASURES, f"one of {_MEASURES}"),
+            ("follow_churn", follow_churn, isinstance(follow_churn, bool), "True or False"),
             ("check_data", type(check_data).__name__,
              check_data is None or (hasattr(check_data, "__iter__") and not isinstance(check_data, (str, dict))),
              "None or an iterable of batches (e.g. a DataLoader)"),
@@ -243,6 +251,13 @@ class LearnAndDrop(Policy):
         # held-out batches the checks run on instead of held training batches (taken from check_data at the
         # first training step, on its inputs' device); BatchNorm re-estimation keeps the training batches
         self.check_data, self.held_out = check_data, None
+        # training's own churn: the share of predictions on fixed held rows that one interval of training
+        # moved (measured at boundaries between which the graph did not change); with follow_churn the
+        # shock bound is at least that (a drop may move as much as training moves anyway)
+        self.follow_churn = follow_churn
+        self.churn: float | None = None
+        self.churns: list[tuple[int, float]] = []  # (step, churn) of every measurement
+        self._churn_at: dict | None = None  # {"batch", "pred", "graph"} of the last measurement
         self.tracker: ScoreTracker | None = None
         self._lr_sum, self._lr_n = 0.0, 0
         self._frac_sum = 0.0  # forward-FLOPs fraction summed over the steps so far
@@ -271,6 +286,37 @@ class LearnAndDrop(Policy):
     def _set_interval(self, interval: int) -> None:
         self.interval = interval
         self.probe.stride = max(1, interval // self.probe.batches)
+
+    def shock_bound(self) -> float:
+        """The share of held predictions a drop may move at once where the shock bound applies: ``shock``,
+        or with ``follow_churn`` the share one interval of training last moved, if larger."""
+        return max(self.shock, self.churn or 0.0) if self.follow_churn else self.shock
+
+    def _measure_churn(self, step: int) -> None:
+        """Predict the fixed churn rows (the first held batch, kept for the run) with the current graph;
+        where the graph is the one of the previous boundary, :attr:`churn` becomes the share of rows whose
+        prediction changed since (a drop or restore in between would count its own shock as churn: the
+        previous value stays, the rows are predicted afresh)."""
+        assert self.net is not None
+        held = self.checks_on
+        if not len(held):
+            return
+        last = self._churn_at
+        if last is not None:
+            batch = last["batch"]
+        else:  # the first _CHURN_ROWS rows of the first held batch, kept for the run
+            args, kwargs = held.held[0]
+            batch = (tree_map(_first_rows, args), tree_map(_first_rows, kwargs))
+        graph = self._train_graph()
+        pred = predictions(self.net.model, graph, batch)
+        self.check_rows += leading_rows(*batch) * self._fraction(graph)
+        if pred is None:
+            return
+        dropped = sorted(u.name for u in self.net.units if u.dropped)
+        if last is not None and last["graph"] == dropped and len(last["pred"]) == len(pred):
+            self.churn = float((pred != last["pred"]).float().mean())
+            self.churns.append((step, self.churn))
+        self._churn_at = {"batch": batch, "pred": pred, "graph": dropped}
 
     def observe_lr(self, lr: float) -> None:
         self._lr_sum += lr
@@ -402,6 +448,9 @@ class LearnAndDrop(Policy):
         if step % self.interval:
             return []
         self._restored_now = []
+        # from the boundary before the first candidates can have their window of scores on
+        if self.check and self.follow_churn and self._shock_allowed() and step >= (self.window - 1) * self.interval:
+            self._measure_churn(step)
         live = self.live()
         lr = self._lr_sum / self._lr_n if self._lr_n else 1.0
         self._lr_sum, self._lr_n = 0.0, 0
@@ -662,13 +711,13 @@ class LearnAndDrop(Policy):
             return costs
 
         def passes(c) -> bool:
-            return c.disagreement <= max(self.shock, self.tolerance) if lenient else c.cost <= self.tolerance
+            return c.disagreement <= max(bound, self.tolerance) if lenient else c.cost <= self.tolerance
 
         def price(c) -> float:
             return c.disagreement if lenient else c.cost
 
         _, screen, wide = self._check_probes()
-        lenient = self._shock_allowed()
+        lenient, bound = self._shock_allowed(), self.shock_bound()
         ok = []
         for u, c in zip(cands, measure([[u] for u in cands], screen)):
             if u.scores and u.scores[-1].get("step") == step:
@@ -739,6 +788,7 @@ class LearnAndDrop(Policy):
         sd["restored"] = [[s, list(n)] for s, n in self.restored]
         sd["step_times"] = {k: list(v) for k, v in self.step_times.items()}
         sd["schedule"] = {"interval": self.interval, "total_steps": self.total_steps}
+        sd["churn"] = {"value": self.churn, "log": [list(c) for c in self.churns], "at": self._churn_at}
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -764,11 +814,19 @@ class LearnAndDrop(Policy):
         self._clock = None  # the first step after a resume is not timed (the gap spans the restart)
         # a length told during the run (set_total_steps) and the interval derived from it come back with
         # it, unless this policy was given its own: the scores so far are spaced by the saved interval
+        churn = sd.get("churn") or {}
+        self.churn = churn.get("value")
+        self.churns = [(int(s), float(c)) for s, c in churn.get("log", [])]
+        self._churn_at = churn.get("at")
         sched = sd.get("schedule") or {}
         if sched.get("total_steps") is not None and not self.total_steps_given:
             self.total_steps = int(sched["total_steps"])
         if sched.get("interval") is not None and not self.interval_given:
             self._set_interval(int(sched["interval"]))
+
+
+def _first_rows(v: object) -> object:
+    return v[:_CHURN_ROWS] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
 
 
 def _default_interval(total_steps: int | None) -> int:

@@ -38,7 +38,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from .reuse import SharedPrefix
 
-__all__ = ["Probe", "DropCost", "drop_cost", "recalibrate_batchnorm", "preserved_state", "leading_rows"]
+__all__ = ["Probe", "DropCost", "drop_cost", "predictions", "recalibrate_batchnorm", "preserved_state", "leading_rows"]
 
 
 def leading_rows(args: Any, kwargs: Any = None) -> int:
@@ -286,6 +286,18 @@ def drop_cost(
     return [DropCost(d / n if n else math.nan, k / n if n else math.nan, n,
                      (a / n if n else math.nan) if labelled else math.nan, w / held if held else 1.0)
             for (d, k, n, a), w in zip(sums, work)]
+
+
+def predictions(model: nn.Module, graph: Callable[..., Any], batch: tuple[tuple[Any, ...], dict[str, Any]],
+                seed: int = 0) -> torch.Tensor | None:
+    """The arg-max predictions of ``graph`` on one held ``(args, kwargs)`` batch, run as the checks run
+    (training mode, no gradients, buffers restored, RNG forked and seeded): ``None`` for outputs that are
+    not ``N x C`` logits."""
+    args, kwargs = batch
+    with preserved_state(model, seed) as reseed:
+        reseed()
+        out = graph(*args, **kwargs)
+    return out.argmax(1).cpu() if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 
 def _each(graphs: Sequence[Callable[..., Any]], args: tuple, kwargs: dict, reseed: Callable[[], None]) -> Iterator[Any]:

@@ -343,3 +343,31 @@ def test_check_data_errors_name_the_batch(data, error, match):
         pol = fxdrop.LearnAndDrop(total_steps=100, check_data=data)
         net, x = _net(pol)
         _hold(net, x)
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_shock_bound_follows_training_churn(monkeypatch, follow):
+    # follow_churn: the churn rows' predictions at boundaries 1, 2, 3 are scripted; churn = share changed
+    # between consecutive boundaries of one graph: 1 of 4 at step 2 and at step 3, so the bound is
+    # max(0.05, 0.25) and a screen of 0.2 passes (it does not with the plain 5% bound); after the drop at
+    # step 3 the graph changed, so step 4's measurement keeps the value and only re-baselines
+    preds = iter([torch.tensor([0, 0, 0, 0]), torch.tensor([0, 1, 0, 0]), torch.tensor([1, 1, 0, 0]),
+                  torch.tensor([2, 2, 2, 2])])
+    monkeypatch.setattr(fxdrop.policy, "predictions", lambda model, graph, batch, seed=0: next(preds))
+    _scripted_costs(monkeypatch, [[0.2], [0.2]])
+    pol = Scripted(_table([0.9, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, window=2, check_budget=1e9,
+                   total_steps=100, follow_churn=follow)
+    net, x = _net(pol)
+    _hold(net, x)
+    net.steps = 0
+    assert net.step() == [] and net.step() == []
+    pol.table = _table([0.2, 0.9, 0.9, 0.9, 0.9])
+    got = net.step()
+    if not follow:
+        assert got == [] and pol.shock_bound() == 0.05 and pol.churns == [] and pol.checks[0]["accepted"] is False
+        return
+    assert pol.churns == [(2, 0.25), (3, 0.25)] and pol.shock_bound() == 0.25 and got == ["layer1.0"]
+    pol.table = _table([0.9, 0.9, 0.9, 0.9, 0.9])
+    assert net.step() == [] and pol.churns == [(2, 0.25), (3, 0.25)] and pol._churn_at["graph"] == ["layer1.0"]
+    # the churn rows: the first 32 rows of the first held batch (here all 4), kept for the run
+    assert torch.equal(pol._churn_at["batch"][0][0], x) and pol.check_rows > 0

@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 
 import fxdrop
-from fxdrop.probe import Probe, drop_cost, preserved_state, recalibrate_batchnorm
+from fxdrop.probe import Probe, drop_cost, predictions, preserved_state, recalibrate_batchnorm
 
 from .models import narrow_resnet18
 
@@ -377,3 +377,15 @@ def test_held_out_batches_of_one_class_are_warned_about():
     x = torch.randn(4, 3)
     with pytest.warns(UserWarning, match="first 2 batches hold a single class"):
         Probe.fixed([(x, torch.zeros(4, dtype=torch.long))] * 3, batches=2, samples=4)
+
+
+def test_predictions_run_like_the_checks_and_leave_no_trace():
+    torch.manual_seed(0)
+    model = narrow_resnet18(width=16).train()
+    x = torch.randn(6, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    got = predictions(model, model, ((x,), {}))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN buffers restored
+    with torch.no_grad():
+        assert torch.equal(got, model(x).argmax(1))  # training mode: batch statistics
+    assert predictions(model, lambda x: x.sum(), ((x,), {})) is None  # not N x C logits

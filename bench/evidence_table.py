@@ -80,9 +80,10 @@ def table(data: dict) -> str:
         if "user" in dataset:  # issue 8's plain loop: a constant learning rate, readings that swing
             lines.extend(paired(arms, ("learn-and-drop",), "acc_last3", ("full", "full-matched", "random")))
             lines.extend(paired(arms, ("l&d, no total_steps",), "acc_last3", ("full",)))
-        if "l&d, held-out checks" in arms:  # the same policy but for the rows its checks measure on
-            for key in ("acc", "acc_last3") if "user" in dataset else ("acc",):
-                lines.extend(paired(arms, ("l&d, held-out checks",), key, ("full", "learn-and-drop")))
+        for mine in ("l&d, held-out checks", "l&d, churn shock"):  # v8's opt-in arms, beside the default
+            if mine in arms:
+                for key in ("acc", "acc_last3") if "user" in dataset else ("acc",):
+                    lines.extend(paired(arms, (mine,), key, ("full", "learn-and-drop")))
     return "\n".join(lines)
 
 

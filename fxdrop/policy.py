@@ -182,7 +182,7 @@ class LearnAndDrop(Policy):
         never: Iterable[str] = (),
         action: str = "drop",
         check_data: Iterable | None = None,
-        follow_churn: bool = False,
+        follow_churn: bool = True,
     ):
         super().__init__(action, never)
         checks = [

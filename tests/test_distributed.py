@@ -35,7 +35,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False, 
 
             model = narrow_resnet18(width=16)
         # 30 steps of 8 rows could not repay the checks (LearnAndDrop._pays): the policy is told of a long run
-        pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=100_000, stop=0.3, tolerance=1.0, probation=1)
+        # a budget as large as training: the checks of 8-row batches are what the test is about, not their cost
+        pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=100_000, stop=0.3, tolerance=1.0, probation=1,
+                                  check_budget=1.0)
         if disagree and rank == 1:
             pol.tolerance = -1.0  # this rank alone would restore every cohort after its probation
         net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, 32, 32),), policy=pol)

@@ -39,10 +39,13 @@ def _cell(r: dict) -> str:
     return f"{r['cpu']:.2f}x, {r['dacc']:+.2f}, [{events}]{restored}"
 
 
-def compare(old: Path, new: Path, pattern: str, arm: str, new_pattern: str | None = None) -> list[str]:
+def compare(old: Path, new: Path, pattern: str, arm: str, new_pattern: str | None = None,
+            new_arm: str | None = None) -> list[str]:
     """Markdown lines: one row per run found in both folders, then the means of the paired differences.
-    With ``new_pattern`` the new folder's runs are those it matches, paired with the old ones by seed."""
-    lines = [f"| run | full acc old / new | {arm} old: speed-up, Δ acc, events | new: speed-up, Δ acc, events |",
+    With ``new_pattern`` the new folder's runs are those it matches, paired with the old ones by seed;
+    ``new_arm`` names the new version's arm when its label differs (an opt-in arm that became the default)."""
+    new_arm = new_arm or arm
+    lines = [f"| run | full acc old / new | {arm} old: speed-up, Δ acc, events | {new_arm} new: speed-up, Δ acc, events |",
              "|---|---|---|---|"]
     by_seed = new_pattern is not None
     before, after = _by_run(old, pattern, by_seed), _by_run(new, new_pattern or pattern, by_seed)
@@ -52,9 +55,9 @@ def compare(old: Path, new: Path, pattern: str, arm: str, new_pattern: str | Non
         if pair[0]["full"]["acc"] != pair[1]["full"]["acc"]:
             lines.append(f"| {name} | full networks differ: not comparable | | |")
             continue
-        if not all(arm in p for p in pair):
+        if arm not in pair[0] or new_arm not in pair[1]:
             continue
-        a, b = (p[arm] for p in pair)
+        a, b = pair[0][arm], pair[1][new_arm]
         lines.append(f"| {name} | {pair[0]['full']['acc']:.2f} / {pair[1]['full']['acc']:.2f} | {_cell(a)} | {_cell(b)} |")
         diffs.append((b["cpu"] - a["cpu"], b["dacc"] - a["dacc"]))
     if diffs:
@@ -70,8 +73,9 @@ def main() -> None:
     p.add_argument("--pattern", default="*.json")
     p.add_argument("--new-pattern", default=None, help="the new version's runs, when named otherwise (paired by seed)")
     p.add_argument("--arm", default="learn-and-drop")
+    p.add_argument("--new-arm", default=None, help="the new version's arm, when labelled otherwise")
     args = p.parse_args()
-    print("\n".join(compare(args.old, args.new, args.pattern, args.arm, args.new_pattern)))
+    print("\n".join(compare(args.old, args.new, args.pattern, args.arm, args.new_pattern, args.new_arm)))
 
 
 if __name__ == "__main__":

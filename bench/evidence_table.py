@@ -176,13 +176,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("folder", nargs="?", default="docs/measurements/evidence")
     p.add_argument("--plot", default=None)
+    p.add_argument("--pattern", default="*.json", help="only the JSON files the glob matches")
     p.add_argument("--probation", action="store_true",
                    help="also the lasting-cost checks' accuracy lost and standard error, per arm")
     args = p.parse_args()
-    data = collect(Path(args.folder))
+    data = collect(Path(args.folder), args.pattern)
     print(table(data))
     if args.probation:
-        print("\n" + "\n".join(probation_summary(Path(args.folder))))
+        print("\n" + "\n".join(probation_summary(Path(args.folder), args.pattern)))
     if args.plot:
         plot(data, args.plot)
 

@@ -293,7 +293,8 @@ class LearnAndDrop(Policy):
         return max(self.shock, self.churn or 0.0) if self.follow_churn else self.shock
 
     def _measure_churn(self, step: int) -> None:
-        """Predict the fixed churn rows (the first held batch, kept for the run) with the current graph;
+        """Predict the fixed churn rows (the first ``_CHURN_ROWS`` rows of the first held batch, kept for
+        the run) with the current graph;
         where the graph is the one of the previous boundary, :attr:`churn` becomes the share of rows whose
         prediction changed since (a drop or restore in between would count its own shock as churn: the
         previous value stays, the rows are predicted afresh)."""

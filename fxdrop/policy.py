@@ -297,7 +297,10 @@ class LearnAndDrop(Policy):
         the run) with the current graph;
         where the graph is the one of the previous boundary, :attr:`churn` becomes the share of rows whose
         prediction changed since (a drop or restore in between would count its own shock as churn: the
-        previous value stays, the rows are predicted afresh)."""
+        previous value stays, the rows are predicted afresh). The forward counts as a check and runs only
+        where it fits the check budget, so it never keeps a check from running; a churn is measured only
+        between consecutive boundaries (after a skipped one the rows are predicted afresh), so where the
+        budget cannot pay for it the bound stays ``shock``."""
         assert self.net is not None
         held = self.checks_on
         if not len(held):
@@ -309,15 +312,19 @@ class LearnAndDrop(Policy):
             args, kwargs = held.held[0]
             batch = (tree_map(_first_rows, args), tree_map(_first_rows, kwargs))
         graph = self._train_graph()
+        cost = leading_rows(*batch) * self._fraction(graph)
+        if self.check_rows + cost > self.check_allowance(step):
+            return
         pred = predictions(self.net.model, graph, batch)
-        self.check_rows += leading_rows(*batch) * self._fraction(graph)
+        self.check_rows += cost
         if pred is None:
             return
         dropped = sorted(u.name for u in self.net.units if u.dropped)
-        if last is not None and last["graph"] == dropped and len(last["pred"]) == len(pred):
+        if (last is not None and last["graph"] == dropped and last.get("step") == step - self.interval
+                and len(last["pred"]) == len(pred)):
             self.churn = float((pred != last["pred"]).float().mean())
             self.churns.append((step, self.churn))
-        self._churn_at = {"batch": batch, "pred": pred, "graph": dropped}
+        self._churn_at = {"batch": batch, "pred": pred, "graph": dropped, "step": step}
 
     def observe_lr(self, lr: float) -> None:
         self._lr_sum += lr

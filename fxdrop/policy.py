@@ -21,7 +21,7 @@ import torch
 from torch.utils._pytree import tree_map
 
 from .distributed import agree
-from .probe import Probe, drop_cost, leading_rows, predictions, recalibrate_batchnorm
+from .probe import Probe, copy_rows, drop_cost, leading_rows, predictions, recalibrate_batchnorm
 from .scores import ScoreTracker
 from .shapes import node_flops
 
@@ -248,7 +248,8 @@ class LearnAndDrop(Policy):
         # forward rows the drops saved so far (3 per training row times the share of FLOPs not run):
         # ``reinvest`` of them may pay for more checks, so a run that drops early can afford to check more
         self.saved_rows, self._rows_since = 0.0, 0
-        self.probe = Probe(probe_batches, probe_samples, stride=max(1, interval // probe_batches))
+        self.probe = Probe(probe_batches, probe_samples)
+        self._set_interval(interval)  # and the held batches' stride
         # held-out batches the checks run on instead of held training batches (taken from check_data at the
         # first training step, on its inputs' device); BatchNorm re-estimation keeps the training batches
         self.check_data, self.held_out = check_data, None
@@ -256,9 +257,8 @@ class LearnAndDrop(Policy):
         # moved (measured at boundaries between which the graph did not change); with follow_churn the
         # shock bound is at least that (a drop may move as much as training moves anyway)
         self.follow_churn = follow_churn
-        self.churn: float | None = None
         self.churns: list[tuple[int, float]] = []  # (step, churn) of every measurement
-        self._churn_at: dict | None = None  # {"batch", "pred", "graph"} of the last measurement
+        self._churn_at: dict | None = None  # {"batch", "pred", "graph", "step"} of the last measurement
         self.tracker: ScoreTracker | None = None
         self._lr_sum, self._lr_n = 0.0, 0
         self._frac_sum = 0.0  # forward-FLOPs fraction summed over the steps so far
@@ -288,6 +288,11 @@ class LearnAndDrop(Policy):
         self.interval = interval
         self.probe.stride = max(1, interval // self.probe.batches)
 
+    @property
+    def churn(self) -> float | None:
+        """The churn last measured (:meth:`_measure_churn`), ``None`` before the first."""
+        return self.churns[-1][1] if self.churns else None
+
     def shock_bound(self) -> float:
         """The share of held predictions a drop may move at once where the shock bound applies: ``shock``,
         or with ``follow_churn`` the share one interval of training last moved, if larger."""
@@ -295,8 +300,7 @@ class LearnAndDrop(Policy):
 
     def _measure_churn(self, step: int) -> None:
         """Predict the fixed churn rows (the first ``_CHURN_ROWS`` rows of the first held batch, kept for
-        the run) with the current graph;
-        where the graph is the one of the previous boundary, :attr:`churn` becomes the share of rows whose
+        the run) with the current graph; where the graph is the one of the previous boundary, :attr:`churn` becomes the share of rows whose
         prediction changed since (a drop or restore in between would count its own shock as churn: the
         previous value stays, the rows are predicted afresh). The forward counts as a check and runs only
         where it fits the check budget, so it never keeps a check from running; a churn is measured only
@@ -309,9 +313,9 @@ class LearnAndDrop(Policy):
         last = self._churn_at
         if last is not None:
             batch = last["batch"]
-        else:  # the first _CHURN_ROWS rows of the first held batch, kept for the run
+        else:  # a copy of the first _CHURN_ROWS rows of the first held batch, kept for the run
             args, kwargs = held.held[0]
-            batch = (tree_map(_first_rows, args), tree_map(_first_rows, kwargs))
+            batch = tree_map(lambda v: copy_rows(v, _CHURN_ROWS), (args, kwargs))
         graph = self._train_graph()
         cost = leading_rows(*batch) * self._fraction(graph)
         if self.check_rows + cost > self.check_allowance(step):
@@ -323,8 +327,7 @@ class LearnAndDrop(Policy):
         dropped = sorted(u.name for u in self.net.units if u.dropped)
         if (last is not None and last["graph"] == dropped and last.get("step") == step - self.interval
                 and len(last["pred"]) == len(pred)):
-            self.churn = float((pred != last["pred"]).float().mean())
-            self.churns.append((step, self.churn))
+            self.churns.append((step, float((pred != last["pred"]).float().mean())))
         self._churn_at = {"batch": batch, "pred": pred, "graph": dropped, "step": step}
 
     def observe_lr(self, lr: float) -> None:
@@ -797,7 +800,7 @@ class LearnAndDrop(Policy):
         sd["restored"] = [[s, list(n)] for s, n in self.restored]
         sd["step_times"] = {k: list(v) for k, v in self.step_times.items()}
         sd["schedule"] = {"interval": self.interval, "total_steps": self.total_steps}
-        sd["churn"] = {"value": self.churn, "log": [list(c) for c in self.churns], "at": self._churn_at}
+        sd["churn"] = {"log": [list(c) for c in self.churns], "at": self._churn_at}
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
@@ -821,21 +824,16 @@ class LearnAndDrop(Policy):
         self.restored = [(int(s), list(n)) for s, n in sd.get("restored", [])]
         self.step_times = {k: [float(t) for t in v] for k, v in sd.get("step_times", {}).items()}
         self._clock = None  # the first step after a resume is not timed (the gap spans the restart)
-        # a length told during the run (set_total_steps) and the interval derived from it come back with
-        # it, unless this policy was given its own: the scores so far are spaced by the saved interval
         churn = sd.get("churn") or {}
-        self.churn = churn.get("value")
         self.churns = [(int(s), float(c)) for s, c in churn.get("log", [])]
         self._churn_at = churn.get("at")
+        # a length told during the run (set_total_steps) and the interval derived from it come back with
+        # it, unless this policy was given its own: the scores so far are spaced by the saved interval
         sched = sd.get("schedule") or {}
         if sched.get("total_steps") is not None and not self.total_steps_given:
             self.total_steps = int(sched["total_steps"])
         if sched.get("interval") is not None and not self.interval_given:
             self._set_interval(int(sched["interval"]))
-
-
-def _first_rows(v: object) -> object:
-    return v[:_CHURN_ROWS] if isinstance(v, torch.Tensor) and v.dim() > 0 else v
 
 
 def _default_interval(total_steps: int | None) -> int:

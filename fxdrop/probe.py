@@ -38,7 +38,17 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from .reuse import SharedPrefix
 
-__all__ = ["Probe", "DropCost", "drop_cost", "predictions", "recalibrate_batchnorm", "preserved_state", "leading_rows"]
+__all__ = ["Probe", "DropCost", "drop_cost", "predictions", "recalibrate_batchnorm", "preserved_state", "leading_rows",
+           "copy_rows"]
+
+
+def copy_rows(v: Any, rows: int, device: torch.device | str | None = None) -> Any:
+    """A detached copy of the first ``rows`` rows of tensor ``v`` (a 0-d tensor whole), on ``device`` if
+    given; anything else as it is: what a probe holds of an input, so it does not keep the batch alive."""
+    if not isinstance(v, torch.Tensor):
+        return v
+    v = v.detach()
+    return (v[:rows] if v.dim() > 0 else v).to(device).clone()
 
 
 def leading_rows(args: Any, kwargs: Any = None) -> int:
@@ -81,9 +91,8 @@ class Probe:
             if i == batches:
                 break
             args, labels = _split_batch(batch, i, what)
-            keep = lambda v: v.detach()[:samples].to(device).clone() if v.dim() > 0 else v.to(device)  # noqa: E731
-            probe.held.append((tuple(keep(a) for a in args), {}))
-            probe.targets.append(keep(labels) if labels is not None else None)
+            probe.held.append((tuple(copy_rows(a, samples, device) for a in args), {}))
+            probe.targets.append(copy_rows(labels, samples, device) if labels is not None else None)
             probe.steps.append(0)
         if not probe.held:
             raise ValueError(f"{what} gave no batches: pass an iterable of batches (e.g. a DataLoader of held-out "
@@ -101,10 +110,7 @@ class Probe:
             return
 
         def keep(v: Any) -> Any:
-            if isinstance(v, torch.Tensor):
-                v = v.detach()
-                return (v[: self.samples] if v.dim() > 0 else v).clone()
-            return v
+            return copy_rows(v, self.samples)
 
         item = (tree_map(keep, tuple(args)), tree_map(keep, dict(kwargs)))
         if len(self.held) < self.batches:

@@ -176,7 +176,8 @@ class TrainRun:
             torch.manual_seed(cfg.seed)
             model = model_factory()
             check_data = None
-            if cfg.checks_on == "validation":  # every validation image, in batches of the probe's default rows
+            if cfg.checks_on == "validation" and kind in ("learn-and-drop", "freeze"):  # the policies that check:
+                # every validation image, in batches of the probe's default rows
                 check_data = [(data.prepare(x, 3, cfg.input_size), y) for x, y in data.batches("val", 128)]
             self.policy = make_policy("none" if kind == "full-matched" else kind, self.total, cfg,
                                       self.steps_per_epoch, reference, check_data)

@@ -81,6 +81,7 @@ def _row(label: str, run: TrainRun, phase: int) -> dict:
     pol = run.policy
     r["check_s"] = getattr(pol, "check_seconds", 0.0)
     r["checks"] = getattr(pol, "checks", [])
+    r["churns"] = getattr(pol, "churns", [])
     return r
 
 

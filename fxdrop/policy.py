@@ -295,8 +295,13 @@ class LearnAndDrop(Policy):
 
     def shock_bound(self) -> float:
         """The share of held predictions a drop may move at once where the shock bound applies: ``shock``,
-        or with ``follow_churn`` the share one interval of training last moved, if larger."""
-        return max(self.shock, self.churn or 0.0) if self.follow_churn else self.shock
+        or with ``follow_churn`` the share one interval of training last moved, if larger, until a cohort
+        has been restored: a restore is the run's own evidence that its units are not spare (a lasting cost
+        above the tolerance), and trials as large as training's churn then cost more than they can save
+        (ResNet-20 / Fashion-MNIST, docs/results.md), so from then on ``shock`` alone."""
+        if self.follow_churn and not self.restored:
+            return max(self.shock, self.churn or 0.0)
+        return self.shock
 
     def _measure_churn(self, step: int) -> None:
         """Predict the fixed churn rows (the first ``_CHURN_ROWS`` rows of the first held batch, kept for
@@ -460,8 +465,10 @@ class LearnAndDrop(Policy):
         if step % self.interval:
             return []
         self._restored_now = []
-        # from the boundary before the first candidates can have their window of scores on
-        if self.check and self.follow_churn and self._shock_allowed() and step >= (self.window - 1) * self.interval:
+        # from the boundary before the first candidates can have their window of scores on, until a restore
+        # makes the bound ``shock`` for good (:meth:`shock_bound`)
+        if (self.check and self.follow_churn and not self.restored and self._shock_allowed()
+                and step >= (self.window - 1) * self.interval):
             self._measure_churn(step)
         live = self.live()
         lr = self._lr_sum / self._lr_n if self._lr_n else 1.0

@@ -350,11 +350,12 @@ def test_shock_bound_follows_training_churn(monkeypatch, follow):
     # follow_churn: the churn rows' predictions at boundaries 1, 2, 3 are scripted; churn = share changed
     # between consecutive boundaries of one graph: 1 of 4 at step 2 and at step 3, so the bound is
     # max(0.05, 0.25) and a screen of 0.2 passes (it does not with the plain 5% bound); after the drop at
-    # step 3 the graph changed, so step 4's measurement keeps the value and only re-baselines
+    # step 3 the graph changed, so step 4's measurement keeps the value and only re-baselines; the drop's
+    # lasting cost at step 6 (0.5) restores it, and from then on the bound is 0.05 and churn is not measured
     preds = iter([torch.tensor([0, 0, 0, 0]), torch.tensor([0, 1, 0, 0]), torch.tensor([1, 1, 0, 0]),
-                  torch.tensor([2, 2, 2, 2])])
+                  torch.tensor([2, 2, 2, 2]), torch.tensor([3, 2, 2, 2]), torch.tensor([3, 3, 2, 2])])
     monkeypatch.setattr(fxdrop.policy, "predictions", lambda model, graph, batch, seed=0: next(preds))
-    _scripted_costs(monkeypatch, [[0.2], [0.2]])
+    _scripted_costs(monkeypatch, [[0.2], [0.2], [0.5]])
     pol = Scripted(_table([0.9, 0.9, 0.9, 0.9, 0.9]), interval=1, warmup=0, window=2, check_budget=1e9,
                    total_steps=100, follow_churn=follow)
     net, x = _net(pol)
@@ -371,3 +372,7 @@ def test_shock_bound_follows_training_churn(monkeypatch, follow):
     assert net.step() == [] and pol.churns == [(2, 0.25), (3, 0.25)] and pol._churn_at["graph"] == ["layer1.0"]
     # the churn rows: the first 32 rows of the first held batch (here all 4), kept for the run
     assert torch.equal(pol._churn_at["batch"][0][0], x) and pol.check_rows > 0
+    assert net.step() == [] and net.step() == [] and pol.restored == [(6, ["layer1.0"])]
+    assert pol.churns[-2:] == [(5, 0.25), (6, 0.25)] and pol.churn == 0.25 and pol.shock_bound() == 0.05
+    rows = pol.check_rows
+    assert net.step() == [] and net.step() == [] and len(pol.churns) == 4 and pol.check_rows == rows

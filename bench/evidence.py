@@ -63,6 +63,7 @@ OPTIONAL = {  # phase-1 arms run only when named in --arms: the knob's two measu
     "l&d, target 1.5x by FLOPs": ("learn-and-drop", {"target_speedup": 1.5, "target_measure": "flops"}),
     "l&d, held-out checks": ("learn-and-drop", {}),  # checks on the --validation images (ARM_CFG)
     "l&d, churn shock": ("learn-and-drop", {"follow_churn": True}),  # the shock bound follows training's churn
+    "l&d, target 2x, churn shock": ("learn-and-drop", {"target_speedup": 2.0, "follow_churn": True}),
 }
 ARM_CFG = {"l&d, held-out checks": {"checks_on": "validation"}}  # TrainConfig fields an arm changes
 PHASE2 = ("full-matched", "random")

@@ -151,8 +151,9 @@ class LearnAndDrop(Policy):
     ``check=False`` gives the unchecked rule. Units named in ``never`` are kept. A run whose length is
     known only once training starts tells it with :meth:`set_total_steps` (the Lightning callback does).
     ``follow_churn=True`` (opt-in, docs/method.md) raises the shock bound to the share of predictions one
-    interval of training itself moved on 32 held rows, when that is larger: measured, much faster where
-    the network has units to spare, and a point or two lost where every block matters.
+    interval of training itself moved on 32 held rows, when that is larger, until the run's first restore:
+    measured, much faster where the network has units to spare, and a point or two lost where every block
+    matters.
     """
 
     def __init__(

@@ -115,7 +115,8 @@ def paired(arms: dict, mine: tuple[str, ...] = ("learn-and-drop", "l&d, target 2
 def probation_summary(folder: Path, pattern: str = "*.json") -> list[str]:
     """Per model, data set and arm: the lasting-cost checks at the end of probations (``stage ==
     "probation"``), split into the accuracy lost ``a`` and the standard error the cost adds to it (cost −
-    a), as means over every check of every seed, and how many restored their cohort."""
+    a), as means over every check of every seed, how many restored their cohort, and the range of ``a``
+    over the cohorts kept (where the two kinds of model overlap)."""
     groups: dict = defaultdict(list)
     for path in sorted(folder.glob(pattern)):
         doc = json.loads(path.read_text())
@@ -127,9 +128,11 @@ def probation_summary(folder: Path, pattern: str = "*.json") -> list[str]:
     for (model, dataset, label), checks in groups.items():
         a = [100 * c["accuracy_drop"] for c in checks]
         se = [100 * (c["cost"] - c["accuracy_drop"]) for c in checks]
+        kept = [100 * c["accuracy_drop"] for c in checks if c["accepted"]]
+        span = f"; a of the kept {min(kept):+.2f} to {max(kept):+.2f} pt" if kept else ""
         out.append(f"- {model} / {dataset}, {label}: {len(checks)} lasting-cost checks, accuracy lost a "
                    f"{statistics.mean(a):+.2f} pt, standard error added {statistics.mean(se):.2f} pt (means), "
-                   f"{sum(not c['accepted'] for c in checks)} restored")
+                   f"{sum(not c['accepted'] for c in checks)} restored{span}")
     return out
 
 

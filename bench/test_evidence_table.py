@@ -73,4 +73,4 @@ def test_probation_summary_splits_accuracy_lost_and_standard_error(tmp_path):
     _write(tmp_path / "e", [doc])
     assert probation_summary(tmp_path / "e") == [
         "- m / d-user, learn-and-drop: 2 lasting-cost checks, accuracy lost a -0.50 pt, standard error added "
-        "1.00 pt (means), 1 restored"]
+        "1.00 pt (means), 1 restored; a of the kept -2.00 to -2.00 pt"]

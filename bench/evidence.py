@@ -64,7 +64,6 @@ OPTIONAL = {  # phase-1 arms run only when named in --arms: the knob's two measu
     "l&d, held-out checks": ("learn-and-drop", {}),  # checks on the --validation images (ARM_CFG)
     "l&d, churn shock": ("learn-and-drop", {"follow_churn": True}),  # the shock bound follows training's churn
     "l&d, target 2x, churn shock": ("learn-and-drop", {"target_speedup": 2.0, "follow_churn": True}),
-    "l&d, noise shock": ("learn-and-drop", {"follow_churn": "noise"}),  # the churn that cancels in accuracy
 }
 ARM_CFG = {"l&d, held-out checks": {"checks_on": "validation"}}  # TrainConfig fields an arm changes
 PHASE2 = ("full-matched", "random")

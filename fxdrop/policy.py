@@ -184,7 +184,7 @@ class LearnAndDrop(Policy):
         never: Iterable[str] = (),
         action: str = "drop",
         check_data: Iterable | None = None,
-        follow_churn: bool | str = False,
+        follow_churn: bool = False,
     ):
         super().__init__(action, never)
         checks = [
@@ -218,8 +218,7 @@ class LearnAndDrop(Policy):
              "an int >= 0"),
             ("shock", shock, _num(shock) and 0 <= shock <= 1, "in [0, 1]"),
             ("target_measure", target_measure, target_measure in _MEASURES, f"one of {_MEASURES}"),
-            ("follow_churn", follow_churn, isinstance(follow_churn, bool) or follow_churn == "noise",
-             "True, False or 'noise'"),
+            ("follow_churn", follow_churn, isinstance(follow_churn, bool), "True or False"),
             ("check_data", type(check_data).__name__,
              check_data is None or (hasattr(check_data, "__iter__") and not isinstance(check_data, (str, dict))),
              "None or an iterable of batches (e.g. a DataLoader)"),
@@ -319,11 +318,10 @@ class LearnAndDrop(Policy):
             return
         last = self._churn_at
         if last is not None:
-            batch, labels = last["batch"], last.get("labels")
+            batch = last["batch"]
         else:  # a copy of the first _CHURN_ROWS rows of the first held batch, kept for the run
             args, kwargs = held.held[0]
             batch = tree_map(lambda v: copy_rows(v, _CHURN_ROWS), (args, kwargs))
-            labels = copy_rows(held.targets[0], _CHURN_ROWS, "cpu") if held.targets[0] is not None else None
         graph = self._train_graph()
         cost = leading_rows(*batch) * self._fraction(graph)
         if self.check_rows + cost > self.check_allowance(step):
@@ -335,8 +333,8 @@ class LearnAndDrop(Policy):
         dropped = sorted(u.name for u in self.net.units if u.dropped)
         if (last is not None and last["graph"] == dropped and last.get("step") == step - self.interval
                 and len(last["pred"]) == len(pred)):
-            self.churns.append((step, _churn(last["pred"], pred, labels if self.follow_churn == "noise" else None)))
-        self._churn_at = {"batch": batch, "pred": pred, "graph": dropped, "step": step, "labels": labels}
+            self.churns.append((step, float((pred != last["pred"]).float().mean())))
+        self._churn_at = {"batch": batch, "pred": pred, "graph": dropped, "step": step}
 
     def observe_lr(self, lr: float) -> None:
         self._lr_sum += lr
@@ -844,16 +842,6 @@ class LearnAndDrop(Policy):
             self.total_steps = int(sched["total_steps"])
         if sched.get("interval") is not None and not self.interval_given:
             self._set_interval(int(sched["interval"]))
-
-
-def _churn(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor | None = None) -> float:
-    """The share of rows whose prediction changed; with ``labels``, only the changes that cancel out in
-    accuracy: ``2 · min(wrong→right, right→wrong) / n`` (training's noise, not its progress)."""
-    if labels is None or len(labels) != len(after):
-        return float((after != before).float().mean())
-    good = int(((before != labels) & (after == labels)).sum())
-    bad = int(((before == labels) & (after != labels)).sum())
-    return 2 * min(good, bad) / len(after)
 
 
 def _default_interval(total_steps: int | None) -> int:

@@ -16,7 +16,8 @@ For one model and data set and each seed, in one process (after an untimed warm-
 
 ``--validation N`` makes the first N test images a validation split (every arm is tested on the rest) and
 the optional arm ``l&d, held-out checks`` checks its drops on them (``LearnAndDrop(check_data=...)``);
-``--no-replays`` leaves out the time-matched and random arms.
+``--no-replays`` leaves out the time-matched and random arms; ``--replay-arm`` names the Learn&Drop arm
+they follow (default ``learn-and-drop``; e.g. ``"l&d, churn shock"``).
 
 ``--arms`` runs only the named phase-1 arms (and the full network), among them the optional ones: the
 budget knob measured in FLOPs beside the default measured in time, at 2x and 1.5x, and ``full, again``:
@@ -104,8 +105,8 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     rows = [_row(label, run, 1) for label, run in runs.items()]
     deps = {}
     extra = args.anchors
-    if "learn-and-drop" in runs and not args.no_replays:  # the arms that follow Learn&Drop's run
-        ld_run = runs["learn-and-drop"]
+    if args.replay_arm in runs and not args.no_replays:  # the arms that follow Learn&Drop's run
+        ld_run = runs[args.replay_arm]
         budget = time_matched_steps(runs["full"].result(), ld_run.result())
         kinds = list(PHASE2) + (list(ANCHORS) if extra else [])
         deps = {k: TrainRun(factory, data, cfg, k, reference=ld_run.policy,
@@ -121,7 +122,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     rows += [_row(k, run, 2) for k, run in deps.items()]
     doc = {"model": args.model, "dataset": args.dataset, "source": data.source, "epochs": args.epochs,
            "seed": seed, "train_images": len(data.train_y), "test_images": len(data.test_y),
-           "validation_images": args.validation, "torch": torch.__version__,
+           "validation_images": args.validation, "replay_arm": args.replay_arm, "torch": torch.__version__,
            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "elapsed_s": time.time() - t0,
            "command": "python bench/evidence.py " + " ".join(args.argv), "code": args.code, "tag": args.tag,
            "protocol": {"batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": cfg.schedule, "interval": cfg.interval,
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--anchors", action="store_true", help="also the thinner network, the published anchors and "
                    "two ablations (no check; no BatchNorm re-estimation) on every seed")
+    p.add_argument("--replay-arm", default="learn-and-drop", metavar="LABEL",
+                   help="the phase-1 Learn&Drop arm the time-matched, random and anchor arms follow")
     p.add_argument("--matched-at", type=float, nargs="*", default=[1.5, 2.0], metavar="X",
                    help="also the full network trained for 1/X of the steps (its OneCycle over them), per X")
     p.add_argument("--arms", nargs="+", choices=list(PHASE1) + list(OPTIONAL), default=None, metavar="LABEL",
@@ -182,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     args.code = code_version()
     if args.arms is not None and "full" not in args.arms:
         args.arms.append("full")  # every speed-up and accuracy is paired with it
+    if args.replay_arm not in {**PHASE1, **OPTIONAL} or PHASE1.get(args.replay_arm, OPTIONAL.get(args.replay_arm))[0] != "learn-and-drop":
+        p.error(f"--replay-arm {args.replay_arm!r} is not a Learn&Drop arm: one of "
+                f"{[k for k, (kind, _) in {**PHASE1, **OPTIONAL}.items() if kind == 'learn-and-drop']}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

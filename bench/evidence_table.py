@@ -83,7 +83,8 @@ def table(data: dict) -> str:
         for mine in ("l&d, held-out checks", "l&d, churn shock"):  # v8's opt-in arms, beside the default
             if mine in arms:
                 for key in ("acc", "acc_last3") if "user" in dataset else ("acc",):
-                    lines.extend(paired(arms, (mine,), key, ("full", "learn-and-drop")))
+                    # the replays (time-matched, random) follow it when run with --replay-arm
+                    lines.extend(paired(arms, (mine,), key, ("full", "learn-and-drop", "full-matched", "random")))
     return "\n".join(lines)
 
 

@@ -669,6 +669,10 @@ class LearnAndDrop(Policy):
             if undo:
                 self.net.drop(*undo)
             self.net.restore(*[n for n in back if self.net.unit(n).dropped])
+            # the log of restores is rank 0's too: with follow_churn the first one ends the churn bound
+            step = self.net.steps
+            self.restored = [(s, n) for s, n in self.restored if s != step] + ([(step, list(back))] if back else [])
+            self._restored_now = list(back)
 
     def _stopped_learning(self, s: dict[str, float]) -> bool:
         if self.stop is not None and s["plateau"] <= self.stop:

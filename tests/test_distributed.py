@@ -53,6 +53,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False, 
             opt.step()
             ddp.step(opt, targets=y)  # labels: drops go on probation
         torch.save({"dropped": net.dropped, "events": pol.events, "rebuilds": ddp.rebuilds, "checks": pol.checks,
+                    "restored": pol.restored,
                     "params": {k: v.detach().clone() for k, v in net.named_parameters()}},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -69,6 +70,7 @@ def test_ddp_gloo_two_ranks(tmp_path, full, disagree):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert r0["dropped"], "the run should have dropped units"
     assert r0["dropped"] == r1["dropped"] and r0["events"] == r1["events"]
+    assert r0["restored"] == r1["restored"]  # rank 0's restores on every rank (they end the churn bound)
     assert any(c["stage"] == "probation" and c["accepted"] for c in r0["checks"])
     if disagree:
         assert any(c["stage"] == "probation" and not c["accepted"] for c in r1["checks"])

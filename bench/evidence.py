@@ -22,7 +22,7 @@ they follow (default ``learn-and-drop``; e.g. ``"l&d, churn shock"``).
 ``--arms`` runs only the named phase-1 arms (and the full network), among them the optional ones: the
 budget knob measured in FLOPs beside the default measured in time, at 2x and 1.5x, and ``full, again``:
 a second instance of the full network, an A/A control of how far two identical arms' times differ. Without
-``learn-and-drop`` among them, phase 2 has only the ``--matched-at`` arms.
+the ``--replay-arm`` among them, phase 2 has only the ``--matched-at`` arms.
 
 Speed-ups are against phase 1's full network, by wall and by process CPU time (phase 2 shares no turn
 with it: its ratios carry the machine's drift between the phases; CPU time is the steadier measure).
@@ -67,6 +67,7 @@ OPTIONAL = {  # phase-1 arms run only when named in --arms: the knob's two measu
     "l&d, target 2x, churn shock": ("learn-and-drop", {"target_speedup": 2.0, "follow_churn": True}),
 }
 ARM_CFG = {"l&d, held-out checks": {"checks_on": "validation"}}  # TrainConfig fields an arm changes
+LD_ARMS = [k for k, (kind, _) in {**PHASE1, **OPTIONAL}.items() if kind == "learn-and-drop"]  # --replay-arm's
 PHASE2 = ("full-matched", "random")
 ANCHORS = ("thin", "position", "pld", "stochastic-depth", "freeze")
 ABLATIONS = {  # what the check and the BatchNorm re-estimation are worth (with --anchors)
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--anchors", action="store_true", help="also the thinner network, the published anchors and "
                    "two ablations (no check; no BatchNorm re-estimation) on every seed")
-    p.add_argument("--replay-arm", default="learn-and-drop", metavar="LABEL",
+    p.add_argument("--replay-arm", default="learn-and-drop", choices=LD_ARMS, metavar="LABEL",
                    help="the phase-1 Learn&Drop arm the time-matched, random and anchor arms follow")
     p.add_argument("--matched-at", type=float, nargs="*", default=[1.5, 2.0], metavar="X",
                    help="also the full network trained for 1/X of the steps (its OneCycle over them), per X")
@@ -185,9 +186,6 @@ def main(argv: list[str] | None = None) -> None:
     args.code = code_version()
     if args.arms is not None and "full" not in args.arms:
         args.arms.append("full")  # every speed-up and accuracy is paired with it
-    if args.replay_arm not in {**PHASE1, **OPTIONAL} or PHASE1.get(args.replay_arm, OPTIONAL.get(args.replay_arm))[0] != "learn-and-drop":
-        p.error(f"--replay-arm {args.replay_arm!r} is not a Learn&Drop arm: one of "
-                f"{[k for k, (kind, _) in {**PHASE1, **OPTIONAL}.items() if kind == 'learn-and-drop']}")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from fxdrop import data as data_mod
-from fxdrop import train as train_mod
 from fxdrop.models import build_model
 from fxdrop.policy import FixedDrop
 from fxdrop.train import TrainConfig, TrainRun, train_interleaved
@@ -32,25 +31,17 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     data = data_mod.load(a.dataset).limit(1400, None)
-    make = train_mod.make_policy
     for seed in a.seeds:
         cfg = TrainConfig(epochs=15, seed=seed, batch_size=64, schedule="constant", interval=22, progress=False)
         spe = -(-len(data.train_y) // cfg.batch_size)
-
-        def fixed(kind, total, cfg_, spe_, reference=None, check_data=None):
-            if kind != "position":
-                return make(kind, total, cfg_, spe_, reference, check_data)
-            units = ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
-            return FixedDrop({spe * a.after_epochs: units})
-
-        train_mod.make_policy = fixed
+        units = ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
         factory = lambda: build_model("resnet18", data.num_classes)  # noqa: E731
         warm = TrainRun(factory, data, TrainConfig(max_steps=20, progress=False, seed=seed), "none")
         train_interleaved([warm])
         runs = {"full": TrainRun(factory, data, cfg, "none"),
-                f"all dropped after epoch {a.after_epochs}": TrainRun(factory, data, cfg, "position")}
+                f"all dropped after epoch {a.after_epochs}": TrainRun(
+                    factory, data, cfg, "none", policy=FixedDrop({spe * a.after_epochs: units}))}
         train_interleaved(list(runs.values()))
-        train_mod.make_policy = make
         code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         doc = {"command": "python bench/drop_all_after.py " + f"--dataset {a.dataset} --seeds {seed} "
                           f"--after-epochs {a.after_epochs}", "code": code, "seed": seed,

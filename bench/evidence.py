@@ -39,6 +39,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -88,19 +89,31 @@ def _row(label: str, run: TrainRun, phase: int) -> dict:
     return r
 
 
-def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
+def protocol(args: argparse.Namespace, seed: int) -> tuple:
+    """``(data, model factory, TrainConfig)`` of one seed of the protocol ``args`` name (every arm's base)."""
     data = data_mod.load(args.dataset).limit(args.train_limit, None)
     if args.validation:
         data.hold_out(args.validation)
     factory = lambda: build_model(args.model, data.num_classes)  # noqa: E731
     cfg = TrainConfig(epochs=args.epochs, seed=seed, warmup_epochs=0.0, progress=False, batch_size=args.batch_size,
                       lr=args.lr, schedule=args.schedule, interval=args.interval, projections=args.projections)
+    return data, factory, cfg
+
+
+def phase1_run(label: str, data, factory, cfg: TrainConfig) -> TrainRun:
+    """The phase-1 arm ``label`` (PHASE1 or OPTIONAL) of a protocol's ``cfg``."""
+    kind, opts = {**PHASE1, **OPTIONAL}[label]
+    return TrainRun(factory, data, dataclasses.replace(cfg, ld_options=opts, **ARM_CFG.get(label, {})), kind,
+                    label=label)
+
+
+def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
+    data, factory, cfg = protocol(args, seed)
     warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=20), "none")
     train_interleaved([warm])  # untimed: one-off start-up costs land here
     del warm
-    runs = {label: TrainRun(factory, data, dataclasses.replace(cfg, ld_options=opts, **ARM_CFG.get(label, {})), kind,
-                            label=label)
-            for label, (kind, opts) in {**PHASE1, **OPTIONAL}.items() if label in (args.arms or PHASE1)}
+    runs = {label: phase1_run(label, data, factory, cfg)
+            for label in {**PHASE1, **OPTIONAL} if label in (args.arms or PHASE1)}
     t0 = time.time()
     train_interleaved(list(runs.values()), progress=args.progress)
     rows = [_row(label, run, 1) for label, run in runs.items()]
@@ -125,7 +138,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
            "seed": seed, "train_images": len(data.train_y), "test_images": len(data.test_y),
            "validation_images": args.validation, "replay_arm": args.replay_arm, "torch": torch.__version__,
            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "elapsed_s": time.time() - t0,
-           "command": "python bench/evidence.py " + " ".join(args.argv), "code": args.code, "tag": args.tag,
+           "command": shlex.join(["python", "bench/evidence.py", *args.argv]), "code": args.code, "tag": args.tag,
            "protocol": {"batch_size": cfg.batch_size, "lr": cfg.lr, "schedule": cfg.schedule, "interval": cfg.interval,
                         "projections": cfg.projections},
            "runs": rows}
@@ -148,9 +161,8 @@ def code_version() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
-def main(argv: list[str] | None = None) -> None:
-    import sys
-
+def parser() -> argparse.ArgumentParser:
+    """The command line of this script (bench/replay_events.py reads a JSON's ``command`` with it)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet18")
     p.add_argument("--dataset", default="mnist-small")
@@ -181,7 +193,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="no time-matched or random arm after Learn&Drop (the --matched-at arms still run)")
     p.add_argument("--out", default="docs/measurements/evidence")
     p.add_argument("--progress", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    args = parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.code = code_version()
     if args.arms is not None and "full" not in args.arms:

@@ -1,29 +1,60 @@
-"""Replay the churn arm of one v8 evidence run with the code checked out and compare its drop events
-with the JSON's (decisions are deterministic: the same events mean the rows stand for this code).
+"""Replay one Learn&Drop arm of a bench/evidence.py JSON with the code checked out, and say whether its
+drop and restore events are the JSON's (training is deterministic: the same events mean the row stands for
+this code; different ones, that the code changed its decisions there).
 
-    python bench/replay_events.py user 0      # the plain loop's Fashion-MNIST, seed 0 (also r20, mnist)
+    python bench/replay_events.py docs/measurements/evidence/v9/resnet20_fashion-small-churn_s0.json "l&d, churn shock"
+
+The protocol is read from the JSON's ``command`` with bench/evidence.py's own parser, so the replay trains
+exactly the arm that file measured (alone and without test evaluations, which draw no random numbers).
+Exit status 1 when the events differ.
 """
-import json, sys, torch
-from fxdrop import data as data_mod
-from fxdrop.models import build_model
-from fxdrop.train import TrainConfig, TrainRun, train_interleaved
-torch.set_num_threads(1)
-proto, seed = sys.argv[1], int(sys.argv[2])
-if proto == "r20":
-    data = data_mod.load("fashion-small"); model = "resnet20"
-    cfg = TrainConfig(epochs=5, seed=seed, progress=False, evaluate=False, ld_options={"follow_churn": True})
-    f = f"docs/measurements/evidence/v8/resnet20_fashion-small-churn_s{seed}.json"
-elif proto == "user":
-    data = data_mod.load("fashion-small").limit(1400, None); model = "resnet18"
-    cfg = TrainConfig(epochs=15, seed=seed, batch_size=64, schedule="constant", interval=22, progress=False, evaluate=False, ld_options={"follow_churn": True})
-    f = f"docs/measurements/evidence/v8/resnet18_fashion-small-user-churn_s{seed}.json"
-else:
-    data = data_mod.load("mnist-small"); model = "resnet18"
-    cfg = TrainConfig(epochs=3, seed=seed, progress=False, evaluate=False, ld_options={"follow_churn": True})
-    f = f"docs/measurements/evidence/v8/resnet18_mnist-small-churn_s{seed}.json"
-run = TrainRun(lambda: build_model(model, data.num_classes), data, cfg, "learn-and-drop")
-train_interleaved([run])
-old = {r["label"]: r for r in json.load(open(f))["runs"]}["l&d, churn shock"]
-new_ev = [[s, list(n)] for s, n in run.policy.events]
-print(proto, seed, "same events" if new_ev == old["events"] else f"DIFFERENT old {old['events']} new {new_ev}",
-      "checks", len(old["checks"]), len(run.policy.checks), flush=True)
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+
+import torch
+
+from evidence import phase1_run, parser, protocol  # bench/ is on sys.path when run as a script
+from fxdrop.train import train_interleaved
+
+
+def protocol_argv(command: str) -> list[str]:
+    """The arguments of an evidence.py ``command`` without ``--arms`` (the replay names its one arm;
+    JSONs before v10 joined arm labels unquoted, so their words are not the labels)."""
+    words, out, skipping = shlex.split(command)[2:], [], False  # past "python bench/evidence.py"
+    for w in words:
+        if w.startswith("--"):
+            skipping = w == "--arms"
+        if not skipping:
+            out.append(w)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("json", help="a JSON bench/evidence.py wrote")
+    p.add_argument("arm", nargs="?", default="learn-and-drop", help="the label of a phase-1 Learn&Drop arm in it")
+    a = p.parse_args(argv)
+    with open(a.json) as f:
+        doc = json.load(f)
+    rows = {r["label"]: r for r in doc["runs"]}
+    if a.arm not in rows:
+        p.error(f"{a.json} has no arm {a.arm!r}; it has {sorted(rows)}")
+    args = parser().parse_args(protocol_argv(doc["command"]))
+    torch.set_num_threads(args.threads)
+    data, factory, cfg = protocol(args, doc["seed"])
+    run = phase1_run(a.arm, data, factory, dataclasses.replace(cfg, evaluate=False))
+    train_interleaved([run])
+    old, new = rows[a.arm]["events"], [[s, list(n)] for s, n in run.policy.events]
+    same = old == new
+    print(f"{a.json} [{a.arm}] seed {doc['seed']}: " + ("same events" if same else f"DIFFERENT: was {old}, now {new}")
+          + f"; checks {len(rows[a.arm]['checks'])} then, {len(getattr(run.policy, 'checks', []))} now", flush=True)
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -56,7 +56,11 @@ class Policy:
         self.net: DropNet | None = None
 
     def bind(self, net: "DropNet") -> None:
-        """Called by the wrapper once its units are known."""
+        """Called by the wrapper once its units are known. A policy keeps one run's state: it serves one
+        wrapped model."""
+        if self.net is not None and self.net is not net:
+            raise ValueError(f"{type(self).__name__}: this policy already drives another wrapped model "
+                             "(it keeps that run's scores and decisions); pass a new policy to each fxdrop.wrap")
         unknown = self.never - {u.name for u in net.units}
         if unknown:
             raise ValueError(f"{type(self).__name__}: never= names unknown units {sorted(unknown)}")

@@ -156,12 +156,15 @@ class TrainRun:
     the result it would have alone.
 
     ``total_steps`` shortens the run (the ``full-matched`` arm); its LR schedule spans that budget.
+    ``policy`` trains with that drop policy (e.g. a :class:`~fxdrop.policy.FixedDrop` plan) instead of the
+    one ``kind`` builds; ``kind`` still names the recipe around it (``"none"``: plain training).
     Wall time (``time.perf_counter``) and process CPU time (``time.process_time``) are accumulated over
     the training steps only; the evaluation at each epoch end is not timed.
     """
 
     def __init__(self, model_factory: Callable[[], nn.Module], data: ImageData, cfg: TrainConfig, kind: str,
-                 reference: Policy | None = None, label: str | None = None, total_steps: int | None = None):
+                 reference: Policy | None = None, label: str | None = None, total_steps: int | None = None,
+                 policy: Policy | None = None):
         if kind not in POLICIES:
             raise ValueError(f"unknown policy {kind!r}; choose one of {POLICIES}")
         self.kind, self.label, self.data, self.cfg = kind, label or kind, data, cfg
@@ -179,8 +182,9 @@ class TrainRun:
             if cfg.checks_on == "validation" and kind in ("learn-and-drop", "freeze"):  # the policies that check:
                 # every validation image, in batches of the probe's default rows
                 check_data = [(data.prepare(x, 3, cfg.input_size), y) for x, y in data.batches("val", 128)]
-            self.policy = make_policy("none" if kind == "full-matched" else kind, self.total, cfg,
-                                      self.steps_per_epoch, reference, check_data)
+            self.policy = policy if policy is not None else make_policy(
+                "none" if kind == "full-matched" else kind, self.total, cfg, self.steps_per_epoch, reference,
+                check_data)
             example = data.prepare(data.train_x[:2], 3, cfg.input_size)
             self.net = wrap(model, example_inputs=(example,), policy=self.policy, projections=cfg.projections)
             if kind == "stochastic-depth":

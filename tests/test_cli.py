@@ -103,6 +103,7 @@ from pathlib import Path
 import torch
 
 from fxdrop.cli import TIMING_NOISE, build_parser
+from fxdrop.policy import FixedDrop
 from fxdrop.train import TrainConfig, TrainRun, train_interleaved, train_run
 from tests.models import tiny_resnet
 
@@ -357,3 +358,15 @@ def test_validation_split_feeds_learn_and_drop_checks(one_thread):
         TrainRun(tiny_resnet, data.load("mnist-small").limit(256, 400), cfg, "learn-and-drop")
     with pytest.raises(ValueError, match="checks_on must be 'train' or 'validation', got 'test'"):
         TrainConfig(checks_on="test", progress=False)
+
+
+def test_train_run_takes_an_explicit_policy(one_thread):
+    # bench/drop_all_after.py's fixed schedule: a FixedDrop plan passed as the arm's policy, with the recipe
+    # of plain training around it, drops exactly at the planned step
+    torch.set_num_threads(1)
+    d = data.load("mnist-small").limit(256, 64)
+    cfg = TrainConfig(epochs=1, batch_size=64, progress=False, evaluate=False)
+    run = TrainRun(tiny_resnet, d, cfg, "none", label="all after step 2", policy=FixedDrop({2: ["3", "4"]}))
+    train_interleaved([run])
+    assert run.result().events == [(2, ["3", "4"])] and run.label == "all after step 2"
+    assert TrainRun(tiny_resnet, d, cfg, "none").policy.__class__.__name__ == "NoDrop"  # kind's, when none given

@@ -160,6 +160,17 @@ def test_never_must_name_units():
         _net(fxdrop.LearnAndDrop(never=["nope"]))
 
 
+def test_a_policy_serves_one_wrapped_model():
+    # a policy keeps one run's scores, backoffs and events: a second wrap with it would mix two runs
+    pol = fxdrop.LearnAndDrop(interval=5)
+    net, _ = _net(pol)
+    model = narrow_resnet18()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="already drives another wrapped model.*new policy"):
+        fxdrop.wrap(model, example_inputs=(torch.randn(2, 3, 32, 32),), policy=pol)
+    assert pol.net is net and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="resnet18")])
 def test_learn_and_drop_on_real_training_drops_and_records_scores(full):
     pol = fxdrop.LearnAndDrop(interval=5, warmup=20, total_steps=80, stop=0.3)

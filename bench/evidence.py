@@ -196,6 +196,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def command_args(command: str) -> argparse.Namespace:
+    """The protocol a JSON's recorded ``command`` ran, without its ``--arms`` (a replay names its own arm;
+    JSONs before v10 joined arm labels unquoted, so their words are not the labels)."""
+    words, kept, skipping = shlex.split(command)[2:], [], False  # past "python bench/evidence.py"
+    for w in words:
+        if w.startswith("--"):
+            skipping = w == "--arms"
+        if not skipping:
+            kept.append(w)
+    return parser().parse_args(kept)
+
+
 def main(argv: list[str] | None = None) -> None:
     import sys
 

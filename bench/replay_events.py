@@ -13,25 +13,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shlex
 import sys
 
 import torch
 
-from evidence import phase1_run, parser, protocol  # bench/ is on sys.path when run as a script
+from evidence import command_args, phase1_run, protocol  # bench/ is on sys.path when run as a script
 from fxdrop.train import train_interleaved
-
-
-def protocol_argv(command: str) -> list[str]:
-    """The arguments of an evidence.py ``command`` without ``--arms`` (the replay names its one arm;
-    JSONs before v10 joined arm labels unquoted, so their words are not the labels)."""
-    words, out, skipping = shlex.split(command)[2:], [], False  # past "python bench/evidence.py"
-    for w in words:
-        if w.startswith("--"):
-            skipping = w == "--arms"
-        if not skipping:
-            out.append(w)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {r["label"]: r for r in doc["runs"]}
     if a.arm not in rows:
         p.error(f"{a.json} has no arm {a.arm!r}; it has {sorted(rows)}")
-    args = parser().parse_args(protocol_argv(doc["command"]))
+    args = command_args(doc["command"])
     torch.set_num_threads(args.threads)
     data, factory, cfg = protocol(args, doc["seed"])
     run = phase1_run(a.arm, data, factory, dataclasses.replace(cfg, evaluate=False))

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from .compare_versions import compare
+from .evidence import command_args
 from .evidence_table import collect, paired, probation_summary
 
 
@@ -74,3 +75,17 @@ def test_probation_summary_splits_accuracy_lost_and_standard_error(tmp_path):
     assert probation_summary(tmp_path / "e") == [
         "- m / d-user, learn-and-drop: 2 lasting-cost checks, accuracy lost a -0.50 pt, standard error added "
         "1.00 pt (means), 1 restored; a of the kept -2.00 to -2.00 pt"]
+
+
+@pytest.mark.parametrize("command", [
+    # v10 on: shlex-quoted; before: arm labels joined unquoted (their words are not labels)
+    "python bench/evidence.py --model resnet56 --dataset fashion-small --epochs 5 --arms 'l&d, churn shock' full "
+    "--tag=-heldout --seeds 1",
+    "python bench/evidence.py --model resnet56 --arms full learn-and-drop l&d, churn shock --dataset fashion-small "
+    "--epochs 5 --tag=-heldout --seeds 0 1 2",
+])
+def test_command_args_reads_the_protocol_a_json_ran(command):
+    args = command_args(command)
+    assert (args.model, args.dataset, args.epochs, args.tag, args.arms) == ("resnet56", "fashion-small", 5,
+                                                                            "-heldout", None)
+    assert (args.batch_size, args.schedule, args.interval) == (128, "onecycle", None)  # evidence.py's defaults

@@ -26,6 +26,11 @@ def _ms(values: list[float], fmt: str) -> str:
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
+# phase-2 arms that follow one Learn&Drop arm's run (bench/evidence.py --replay-arm): time-matched to its
+# measured time, or its drop schedule replayed
+FOLLOWERS = ("full-matched", "random", "position", "thin", "pld", "stochastic-depth", "freeze")
+
+
 def collect(folder: Path, pattern: str = "*.json") -> dict:
     """{(model, dataset, epochs): {label: [row with paired figures, one per seed]}}"""
     out: dict = defaultdict(lambda: defaultdict(list))
@@ -55,6 +60,7 @@ def collect(folder: Path, pattern: str = "*.json") -> dict:
                 "first": first / r["steps"] if first else None,
                 "check": 100 * r.get("check_s", 0.0) / r["wall_s"] if r["wall_s"] else 0.0,
                 "restored": sum(len(c["units"]) for c in restores), "restored_at": [c["step"] for c in restores],
+                "follows": doc.get("replay_arm", "learn-and-drop") if r["label"] in FOLLOWERS else None,
             })
     return out
 
@@ -100,8 +106,9 @@ def paired(arms: dict, mine: tuple[str, ...] = ("learn-and-drop", "l&d, target 2
         for other, rows in arms.items():
             if (rows[0]["phase"] != 2) if others is None else (other not in others):
                 continue
+            # a replay is paired only with the arm it followed (time-matched to that arm's time)
             diffs = [(r["seed"], acc[r["seed"]] - r[key]) for r in sorted(rows, key=lambda r: r["seed"])
-                     if r["seed"] in acc and r[key] is not None]
+                     if r["seed"] in acc and r[key] is not None and r.get("follows") in (None, label)]
             if not diffs:
                 continue
             wins = sum(d > 0 for _, d in diffs)

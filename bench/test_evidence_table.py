@@ -46,6 +46,19 @@ def test_pairs_final_readings_and_the_last_three_epochs(tmp_path):
                      "(2 of 2 ahead; mean +5.00 ± 4.71)"]
 
 
+def test_replays_pair_only_with_the_arm_they_followed(tmp_path):
+    # with --replay-arm the time-matched network is matched to that arm's time: pairing another arm with
+    # it would compare runs of different lengths
+    doc = _doc(0, 0.7, 0.65, [0.6, 0.8, 0.65])
+    doc["replay_arm"] = "l&d, churn shock"
+    doc["runs"].insert(2, {**doc["runs"][1], "label": "l&d, churn shock", "test_acc": 0.66})
+    _write(tmp_path / "e", [doc])
+    arms = collect(tmp_path / "e")[("m", "d-user", 3)]
+    assert paired(arms, ("learn-and-drop",)) == []
+    assert paired(arms, ("l&d, churn shock",)) == [
+        "- l&d, churn shock − full-matched, paired per seed (pt): s0 +6.00 (1 of 1 ahead; mean +6.00)"]
+
+
 def test_compare_versions_pairs_seeds_and_refuses_runs_whose_full_networks_differ(tmp_path):
     _write(tmp_path / "old", [_doc(0, 0.7, 0.65, [0.6, 0.6, 0.65]), _doc(1, 0.7, 0.7, [0.6, 0.6, 0.7])])
     _write(tmp_path / "new", [_doc(0, 0.7, 0.70, [0.6, 0.6, 0.7]), _doc(1, 0.71, 0.7, [0.6, 0.6, 0.7])])

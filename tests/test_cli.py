@@ -93,6 +93,7 @@ def test_cli_projections(capsys, one_thread):
 # --- interleaved training, timing, full-matched ----------------------------------------------------------
 
 import dataclasses
+import math
 import os
 import re
 import subprocess
@@ -183,11 +184,15 @@ def test_slowed_arm_cannot_move_cpu_speedup(capsys, monkeypatch, one_thread):
     monkeypatch.setenv("FXDROP_TEST_SLOW_ARM", "none:0.03")  # 32 steps: about +1 s on the full arm
     slowed, err = speedup()
     assert slowed["wall"] > 2 * plain["wall"], "the hook did not slow the full arm"
-    # a 32-step tiny run measures about 1 s of CPU per arm: its own repeat noise reached 11% here (1.05x vs
-    # 1.17x in two idle runs), so the bound is twice the documented noise; the sleep moves wall by > 100%
-    assert slowed["cpu"] == pytest.approx(plain["cpu"], rel=2 * TIMING_NOISE)
+    # a 32-step tiny run measures about 1 s of CPU per arm, whose repeat noise reached 11% idle (1.05x vs
+    # 1.17x) and can be larger beside other jobs: so rather than a fixed band, the CPU speed-up must move
+    # by less than half as much as the wall one, in ratio. Were the sleep counted as CPU, it would move as
+    # much as the wall one (both by > 2x)
+    moved = {k: abs(math.log(slowed[k] / plain[k])) for k in ("cpu", "wall")}
+    assert moved["cpu"] < moved["wall"] / 2, (plain, slowed)
     assert slowed["flops"] == plain["flops"]
-    assert re.search(r"warning: learn-and-drop: wall-time speed-up .* and CPU-time speed-up .* differ by more than 11%", err)
+    assert re.search(r"warning: learn-and-drop: wall-time speed-up .* and CPU-time speed-up .* differ by more than "
+                     f"{TIMING_NOISE:.0%}", err)
 
 
 def test_schedule_without_a_drop_step_warns(capsys, one_thread):

@@ -17,7 +17,7 @@ from evidence import parser, phase1_run, protocol  # bench/ is on sys.path when 
 
 def main(argv: list[str] | None = None) -> None:
     extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--steps", type=int, required=True, help="train this many steps")
+    extra.add_argument("--steps", type=int, required=True, help="train this many steps (at most the run's)")
     extra.add_argument("--arm", default="learn-and-drop", help="a phase-1 Learn&Drop arm of bench/evidence.py")
     mine, rest = extra.parse_known_args(argv)
     args = parser().parse_args(rest)  # the protocol, as bench/evidence.py reads it (first of --seeds)
@@ -26,14 +26,15 @@ def main(argv: list[str] | None = None) -> None:
     run = phase1_run(mine.arm, data, factory, dataclasses.replace(cfg, evaluate=False))
     pol = run.policy
     base = pol.check_budget * 3 * cfg.epochs * len(data.train_y)  # a training row counts 3 forward rows
-    for step in range(1, min(mine.steps, run.total) + 1):
+    last = max(1, min(mine.steps, run.total))
+    for step in range(1, last + 1):
         before = pol.check_rows
         run.advance(1)
         if pol.check_rows != before:
             print(f"step {step}: checks ran {pol.check_rows - before:,.0f} forward rows (so far {pol.check_rows:,.0f}); "
                   f"allowed by this step {pol.check_allowance(step):,.0f}; base budget of the whole run {base:,.0f}",
                   flush=True)
-    print(f"after {step} steps: {pol.check_rows:,.0f} rows of checks, {pol.check_rows / base:.0%} of the run's base "
+    print(f"after {last} steps: {pol.check_rows:,.0f} rows of checks, {pol.check_rows / base:.0%} of the run's base "
           f"budget; events {pol.events}")
 
 

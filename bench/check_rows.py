@@ -8,11 +8,8 @@ ran the forward rows they counted, the allowance at that step and the base budge
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
-import torch
-
-from evidence import parser, phase1_run, protocol  # bench/ is on sys.path when run as a script
+from evidence import alone, parser  # bench/ is on sys.path when run as a script
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,11 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     extra.add_argument("--arm", default="learn-and-drop", help="a phase-1 Learn&Drop arm of bench/evidence.py")
     mine, rest = extra.parse_known_args(argv)
     args = parser().parse_args(rest)  # the protocol, as bench/evidence.py reads it (first of --seeds)
-    torch.set_num_threads(args.threads)
-    data, factory, cfg = protocol(args, args.seeds[0])
-    run = phase1_run(mine.arm, data, factory, dataclasses.replace(cfg, evaluate=False))
+    run = alone(args, args.seeds[0], mine.arm)
     pol = run.policy
-    base = pol.check_budget * 3 * cfg.epochs * len(data.train_y)  # a training row counts 3 forward rows
+    base = pol.check_budget * 3 * run.cfg.epochs * len(run.data.train_y)  # a training row counts 3 forward rows
     last = max(1, min(mine.steps, run.total))
     for step in range(1, last + 1):
         before = pol.check_rows

@@ -107,6 +107,14 @@ def phase1_run(label: str, data, factory, cfg: TrainConfig) -> TrainRun:
                     label=label)
 
 
+def alone(args: argparse.Namespace, seed: int, label: str) -> TrainRun:
+    """Phase-1 arm ``label`` of ``args``' protocol for ``seed``, to train alone and without test evaluations
+    (its decisions and counts only: bench/replay_events.py, bench/check_rows.py), on ``args.threads``."""
+    torch.set_num_threads(args.threads)
+    data, factory, cfg = protocol(args, seed)
+    return phase1_run(label, data, factory, dataclasses.replace(cfg, evaluate=False))
+
+
 def run_seed(args: argparse.Namespace, seed: int, out: Path) -> None:
     data, factory, cfg = protocol(args, seed)
     warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=20), "none")

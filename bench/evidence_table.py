@@ -17,6 +17,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from fxdrop.train import DEPENDENT  # the arms built from a Learn&Drop run: time-matched to it, or replaying it
+
 
 def _ms(values: list[float], fmt: str) -> str:
     if not values:
@@ -24,11 +26,6 @@ def _ms(values: list[float], fmt: str) -> str:
     if len(values) == 1:
         return format(values[0], fmt)
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
-
-
-# phase-2 arms that follow one Learn&Drop arm's run (bench/evidence.py --replay-arm): time-matched to its
-# measured time, or its drop schedule replayed
-FOLLOWERS = ("full-matched", "random", "position", "thin", "pld", "stochastic-depth", "freeze")
 
 
 def collect(folder: Path, pattern: str = "*.json") -> dict:
@@ -60,7 +57,8 @@ def collect(folder: Path, pattern: str = "*.json") -> dict:
                 "first": first / r["steps"] if first else None,
                 "check": 100 * r.get("check_s", 0.0) / r["wall_s"] if r["wall_s"] else 0.0,
                 "restored": sum(len(c["units"]) for c in restores), "restored_at": [c["step"] for c in restores],
-                "follows": doc.get("replay_arm", "learn-and-drop") if r["label"] in FOLLOWERS else None,
+                # which Learn&Drop arm a dependent arm was built from (bench/evidence.py --replay-arm)
+                "follows": doc.get("replay_arm", "learn-and-drop") if r["label"] in DEPENDENT else None,
             })
     return out
 

@@ -11,13 +11,10 @@ Exit status 1 when the events differ.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 
-import torch
-
-from evidence import command_args, phase1_run, protocol  # bench/ is on sys.path when run as a script
+from evidence import alone, command_args  # bench/ is on sys.path when run as a script
 from fxdrop.train import train_interleaved
 
 
@@ -31,10 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {r["label"]: r for r in doc["runs"]}
     if a.arm not in rows:
         p.error(f"{a.json} has no arm {a.arm!r}; it has {sorted(rows)}")
-    args = command_args(doc["command"])
-    torch.set_num_threads(args.threads)
-    data, factory, cfg = protocol(args, doc["seed"])
-    run = phase1_run(a.arm, data, factory, dataclasses.replace(cfg, evaluate=False))
+    run = alone(command_args(doc["command"]), doc["seed"], a.arm)
     train_interleaved([run])
     old, new = rows[a.arm]["events"], [[s, list(n)] for s, n in run.policy.events]
     same = old == new

@@ -104,7 +104,7 @@ from pathlib import Path
 import torch
 
 from fxdrop.cli import TIMING_NOISE, build_parser
-from fxdrop.policy import FixedDrop
+from fxdrop.policy import FixedDrop, NoDrop
 from fxdrop.train import TrainConfig, TrainRun, train_interleaved, train_run
 from tests.models import tiny_resnet
 
@@ -374,4 +374,4 @@ def test_train_run_takes_an_explicit_policy(one_thread):
     run = TrainRun(tiny_resnet, d, cfg, "none", label="all after step 2", policy=FixedDrop({2: ["3", "4"]}))
     train_interleaved([run])
     assert run.result().events == [(2, ["3", "4"])] and run.label == "all after step 2"
-    assert TrainRun(tiny_resnet, d, cfg, "none").policy.__class__.__name__ == "NoDrop"  # kind's, when none given
+    assert isinstance(TrainRun(tiny_resnet, d, cfg, "none").policy, NoDrop)  # kind's, when none given

@@ -38,6 +38,8 @@ def collect(folder: Path, pattern: str = "*.json") -> dict:
         for r in doc["runs"]:
             first = r["events"][0][0] if r["events"] else None
             restores = [c for c in r.get("checks", []) if c.get("stage") == "probation" and not c["accepted"]]
+            if not restores:  # a replay's restores (JSONs since v11), which run no checks
+                restores = [{"step": s, "units": n} for s, n in r.get("restores", [])]
             ref = base
             if r["phase"] == 2 and matched is not None:
                 # phase 2 shares no turn with phase 1's full run: its reference is the time-matched full

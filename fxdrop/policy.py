@@ -15,7 +15,7 @@ import random
 import time
 import warnings
 from statistics import median
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
 from torch.utils._pytree import tree_map
@@ -878,44 +878,102 @@ def _num(v: object) -> bool:
 
 
 class _Schedule(Policy):
-    def __init__(self, schedule: Sequence[tuple[int, int]], action: str = "drop", never: Iterable[str] = ()):
+    def __init__(self, schedule: Sequence[tuple[int, int]], action: str = "drop", never: Iterable[str] = (),
+                 restores: Sequence[tuple[int, int]] = ()):
         super().__init__(action, never)
-        sched: dict[int, int] = {}
-        for item in schedule:
-            try:
-                step, count = int(item[0]), int(item[1])
-            except (TypeError, ValueError, IndexError):
-                raise ValueError(f"{type(self).__name__}: schedule entries are (step, count), got {item!r}") from None
-            if step < 1 or count < 0:
-                raise ValueError(f"{type(self).__name__}: schedule needs step >= 1 and count >= 0, got {item!r}")
-            sched[step] = sched.get(step, 0) + count
-        self.schedule = sched
+        who = type(self).__name__
+        self.schedule = _steps(schedule, f"{who}: schedule", "(step, count)", lambda step, count: count >= 0)
+        # step -> the step whose drops are put back then (a replayed restore: the same cohort-for-cohort
+        # history as the run replayed, so both carry as many units dropped at every step)
+        self.restores = _steps(restores, f"{who}: restores", "(step, drop step)", lambda step, at: 1 <= at < step,
+                               merge=False)
+        self.restored: list[tuple[int, list[str]]] = []  # (step, names) of every restore, like LearnAndDrop's
 
     @classmethod
     def like(cls, policy: Policy, **kw):
-        """Replay ``policy``'s drop events: the same number of units at the same steps."""
-        return cls([(s, len(names)) for s, names in policy.events], **kw)
+        """Replay ``policy``'s drop events: the same number of units at the same steps. Where ``policy``
+        restored a cohort (:class:`LearnAndDrop` after a probation), the units this policy dropped at that
+        cohort's drop step are put back at the same step, so the two runs carry as many units dropped at
+        every step."""
+        return cls([(s, len(names)) for s, names in policy.events], restores=_restore_steps(policy), **kw)
 
     def _pick(self, live: list, count: int) -> list:
         raise NotImplementedError
 
     def may_decide(self, step: int) -> bool:
-        return step in self.schedule
+        return step in self.schedule or step in self.restores
 
     def _decide(self, step: int) -> list[str]:
+        assert self.net is not None
+        if step in self.restores:
+            at = self.restores[step]
+            back = [n for s, names in self.events if s == at for n in names if self.net.unit(n).dropped]
+            if back:
+                self.net.restore(*back)
+                self.restored.append((step, back))
         count = self.schedule.get(step, 0)
         if not count:
             return []
         live = [u for u in self.live() if u.name not in self.never]
         return [u.name for u in self._pick(live, min(count, len(live)))]
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "restored": [[s, list(n)] for s, n in self.restored]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        super().load_state_dict(sd)
+        self.restored = [(int(s), list(n)) for s, n in sd.get("restored", [])]
+
+
+def _steps(items: Sequence, what: str, shape: str, valid: Callable[[int, int], bool],
+           merge: bool = True) -> dict[int, int]:
+    """``{step: value}`` from ``(step, value)`` pairs of a replay schedule, each checked by ``valid``; a
+    step given twice adds its values (``merge``) or is refused."""
+    out: dict[int, int] = {}
+    for item in items:
+        try:
+            step, value = int(item[0]), int(item[1])
+        except (TypeError, ValueError, IndexError):
+            raise ValueError(f"{what} entries are {shape}, got {item!r}") from None
+        if step < 1 or not valid(step, value) or (step in out and not merge):
+            raise ValueError(f"{what}: {item!r} is not a valid {shape} entry (steps >= 1, once each)")
+        out[step] = out.get(step, 0) + value
+    return out
+
+
+def _restore_steps(policy: Policy) -> list[tuple[int, int]]:
+    """``(step, drop step)`` of every cohort ``policy`` put back: the step of the latest drop event before
+    the restore that dropped its units."""
+    out = []
+    for step, names in getattr(policy, "restored", []):
+        at = max((s for s, dropped in policy.events if s < step and set(names) & set(dropped)), default=None)
+        if at is not None:
+            out.append((step, at))
+    return out
+
+
+def final_dropped(policy: Policy) -> list[str]:
+    """The units ``policy``'s run had dropped at its end: its drop events less the units it restored
+    after them, in the order they were dropped."""
+    back = getattr(policy, "restored", [])
+    history = sorted([(s, 1, n) for s, n in policy.events] + [(s, 0, n) for s, n in back], key=lambda e: e[:2])
+    gone: dict[str, None] = {}
+    for _, dropped, names in history:  # a step's restore before its drops, as policies act
+        for n in names:
+            if dropped:
+                gone[n] = None
+            else:
+                gone.pop(n, None)
+    return list(gone)
+
 
 class RandomDrop(_Schedule):
-    """At each scheduled step, drop ``count`` live units chosen uniformly at random (seeded)."""
+    """At each scheduled step, drop ``count`` live units chosen uniformly at random (seeded); at each step
+    of ``restores``, ``(step, drop_step)``, first put back the units it dropped at ``drop_step``."""
 
     def __init__(self, schedule: Sequence[tuple[int, int]], seed: int = 0, action: str = "drop",
-                 never: Iterable[str] = ()):
-        super().__init__(schedule, action, never)
+                 never: Iterable[str] = (), restores: Sequence[tuple[int, int]] = ()):
+        super().__init__(schedule, action, never, restores)
         self.seed = seed
         self.rng = random.Random(seed)
 
@@ -933,7 +991,8 @@ class RandomDrop(_Schedule):
 
 
 class PositionDrop(_Schedule):
-    """At each scheduled step, drop the ``count`` earliest live units (closest to the input)."""
+    """At each scheduled step, drop the ``count`` earliest live units (closest to the input); restores as
+    :class:`RandomDrop`'s."""
 
     def _pick(self, live, count):
         return live[:count]
@@ -957,8 +1016,9 @@ class FixedDrop(Policy):
 
     @classmethod
     def thin_like(cls, policy: Policy) -> "FixedDrop":
-        """Drop, from the first step, every unit ``policy`` had dropped by the end of its run."""
-        return cls({1: [n for _, names in policy.events for n in names]})
+        """Drop, from the first step, every unit ``policy`` had dropped by the end of its run (units it
+        restored and did not drop again are kept)."""
+        return cls({1: final_dropped(policy)})
 
     def may_decide(self, step: int) -> bool:
         return step in self.plan

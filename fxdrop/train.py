@@ -89,6 +89,7 @@ class RunResult:
     step_time: list[float] = field(default_factory=list)  # training wall time at the end of each step
     step_flops: list[float] = field(default_factory=list)  # forward FLOPs fraction of each step
     event_times: list[float] = field(default_factory=list)  # training wall time of each entry of events
+    restores: list[tuple[int, list[str]]] = field(default_factory=list)  # (step, names) of every unit put back
 
     def predicted_speedup(self, base: "RunResult") -> float:
         """The speed-up the forward FLOPs predict over ``base``: base's forward FLOPs over this run's
@@ -289,6 +290,7 @@ class TrainRun:
             steps=net.steps, scores={u.name: list(u.scores) for u in net.units}, epoch_acc=list(self.epoch_acc),
             cpu_s=self.cpu_s, epoch_time=list(self.epoch_time), epoch_step=list(self.epoch_step),
             step_time=list(self.step_time), step_flops=list(self.step_flops), event_times=list(self.event_times),
+            restores=[(s, list(n)) for s, n in getattr(self.policy, "restored", [])],
         )
 
 

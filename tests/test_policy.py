@@ -214,6 +214,32 @@ def test_random_and_position_replay_schedule():
         fxdrop.RandomDrop([(0, 1)])
 
 
+def test_replays_put_back_what_they_dropped_where_the_replayed_run_restored():
+    """A cohort Learn&Drop restored after its probation is matched by the replay putting back the units
+    it dropped at that cohort's step, so both runs carry as many units dropped at every step; the thin
+    arm keeps what the run restored."""
+    ref = fxdrop.LearnAndDrop()
+    ref.events = [(10, ["layer3.1", "layer4.1"]), (20, ["layer2.1"]), (40, ["layer3.1"])]
+    ref.restored = [(25, ["layer3.1", "layer4.1"])]
+    pos = fxdrop.PositionDrop.like(ref)
+    assert pos.restores == {25: 10}
+    net, x = _net(pos)
+    _train(net, x, 45)
+    assert pos.events == [(10, ["layer1.0", "layer1.1"]), (20, ["layer2.1"]), (40, ["layer1.0"])]
+    assert pos.restored == [(25, ["layer1.0", "layer1.1"])]
+    assert sorted(net.dropped) == ["layer1.0", "layer2.1"]  # as many as the replayed run: layer2.1, layer3.1
+    # resumed between the restore and the next drop: the same history
+    again, _ = _net(fxdrop.PositionDrop.like(ref))
+    _train(again, x, 30)
+    sd = again.policy.state_dict()
+    resumed, _ = _net(fxdrop.PositionDrop.like(ref))
+    resumed.policy.load_state_dict(sd)
+    assert resumed.policy.restored == pos.restored
+    assert fxdrop.FixedDrop.thin_like(ref).plan == {1: ["layer2.1", "layer3.1"]}
+    with pytest.raises(ValueError, match="restores"):
+        fxdrop.RandomDrop([(10, 1)], restores=[(10, 10)])  # a restore before its drop
+
+
 def test_no_drop_never_drops():
     net, x = _net(fxdrop.NoDrop())
     _train(net, x, 10)

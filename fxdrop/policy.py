@@ -663,16 +663,20 @@ class LearnAndDrop(Policy):
 
     def _agree(self) -> None:
         # a restore after probation is decided from this rank's held batches: make rank 0's decision the
-        # decision of every rank, like the drops
-        assert self.net is not None
+        # decision of every rank, like the drops, with the state that follows from it (probations, back-offs)
+        assert self.net is not None and self.tracker is not None
         mine = self._restored_now
-        kept, back = agree((dict(self.on_probation), list(mine)))
+        kept, back, self.backoff = agree((dict(self.on_probation), list(mine), dict(self.backoff)))
         self.on_probation = kept
         if set(back) != set(mine):
             undo = [n for n in mine if n not in back]
-            if undo:
+            if undo:  # kept on rank 0: dropped for good, as its accepted cohorts are
                 self.net.drop(*undo)
+                for n in undo:
+                    self.tracker.forget(n)
             self.net.restore(*[n for n in back if self.net.unit(n).dropped])
+            if self.recalibrate:  # BatchNorm follows the graph rank 0 chose, not the one this rank had
+                self._recalibrate()
             # the log of restores is rank 0's too: with follow_churn the first one ends the churn bound
             step = self.net.steps
             self.restored = [(s, n) for s, n in self.restored if s != step] + ([(step, list(back))] if back else [])

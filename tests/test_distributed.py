@@ -22,7 +22,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False, disagree: bool = False) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False, disagree: int | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=__import__("datetime").timedelta(seconds=60))
@@ -38,7 +38,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False, 
         # a budget as large as training: the checks of 8-row batches are what the test is about, not their cost
         pol = fxdrop.LearnAndDrop(interval=4, warmup=8, total_steps=100_000, stop=0.3, tolerance=1.0, probation=1,
                                   check_budget=1.0)
-        if disagree and rank == 1:
+        if disagree == rank:
             pol.tolerance = -1.0  # this rank alone would restore every cohort after its probation
         net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, 32, 32),), policy=pol)
         ddp = DistributedDropNet(net)
@@ -53,7 +53,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False, 
             opt.step()
             ddp.step(opt, targets=y)  # labels: drops go on probation
         torch.save({"dropped": net.dropped, "events": pol.events, "rebuilds": ddp.rebuilds, "checks": pol.checks,
-                    "restored": pol.restored,
+                    "restored": pol.restored, "backoff": dict(pol.backoff),
                     "params": {k: v.detach().clone() for k, v in net.named_parameters()}},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -61,21 +61,26 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False, 
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("full, disagree", [(False, False), (False, True),
-                                            pytest.param(True, False, marks=pytest.mark.slow, id="resnet18")])
+@pytest.mark.parametrize("full, disagree", [(False, None), (False, 1), (False, 0),
+                                            pytest.param(True, None, marks=pytest.mark.slow, id="resnet18")])
 def test_ddp_gloo_two_ranks(tmp_path, full, disagree):
-    # disagree: rank 1 would restore after probation what rank 0 keeps; rank 0's decision must hold on both
+    # disagree=r: rank r alone would restore every cohort after its probation; rank 0's decision must hold on
+    # both, with what follows from it (a restored unit waits before it is tried again)
     mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path), full, disagree), nprocs=2, join=True,
                        start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    assert r0["dropped"], "the run should have dropped units"
+    assert r0["events"] and (r0["dropped"] or disagree == 0), "the run should have dropped units"
     assert r0["dropped"] == r1["dropped"] and r0["events"] == r1["events"]
     assert r0["restored"] == r1["restored"]  # rank 0's restores on every rank (they end the churn bound)
-    assert any(c["stage"] == "probation" and c["accepted"] for c in r0["checks"])
-    if disagree:
-        assert any(c["stage"] == "probation" and not c["accepted"] for c in r1["checks"])
+    assert any(c["stage"] == "probation" and c["accepted"] for c in r0["checks"]) == (disagree != 0)
+    if disagree is not None:
+        mine = (r0, r1)[disagree]
+        judged = {n for c in mine["checks"] if c["stage"] == "probation" and not c["accepted"] for n in c["units"]}
+        assert judged, "the disagreeing rank should have refused a cohort"
+        assert bool(r0["restored"]) == (disagree == 0)
     else:
         assert r0["rebuilds"] == len(r0["events"]) + 1  # initial wrap + one per drop event
+    assert r0["backoff"] == r1["backoff"]  # rank 0's: a restored unit waits alike on every rank
     # parameters are identical (gradients are averaged); BatchNorm buffers hold each rank's last local
     # batch statistics, as with plain DDP, so they are not compared
     for k in r0["params"]:

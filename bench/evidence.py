@@ -93,7 +93,7 @@ def protocol(args: argparse.Namespace, seed: int) -> tuple:
     """``(data, model factory, TrainConfig)`` of one seed of the protocol ``args`` name (every arm's base)."""
     data = data_mod.load(args.dataset).limit(args.train_limit, None)
     if args.validation:
-        data.hold_out(args.validation)
+        data = data.hold_out(args.validation)
     factory = lambda: build_model(args.model, data.num_classes)  # noqa: E731
     cfg = TrainConfig(epochs=args.epochs, seed=seed, warmup_epochs=0.0, progress=False, batch_size=args.batch_size,
                       lr=args.lr, schedule=args.schedule, interval=args.interval, projections=args.projections)

@@ -23,7 +23,7 @@ elif proto == "user":
     data = data_mod.load("fashion-small").limit(1400, None)
     cfg = TrainConfig(epochs=15, seed=seed, batch_size=64, schedule="constant", interval=22, progress=False, evaluate=False)
     model = "resnet18"
-data.hold_out(512)
+data = data.hold_out(512)
 val = [(data.prepare(x, 3, 32), y) for x, y in data.batches("val", 128)]
 rows = []
 orig_commit, orig_end = pol_mod.LearnAndDrop.committed, pol_mod.LearnAndDrop._end_probation

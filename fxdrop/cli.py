@@ -228,7 +228,7 @@ def _load_data(args: argparse.Namespace) -> data_mod.ImageData:
     data = data.limit(args.train_limit, args.test_limit)
     if args.validation:
         try:
-            data.hold_out(args.validation)
+            data = data.hold_out(args.validation)
         except ValueError as e:
             raise UsageError(f"--validation {args.validation}: {e}") from None
     return data

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -45,20 +45,28 @@ class ImageData:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
     def limit(self, train: int | None, test: int | None) -> "ImageData":
+        """A copy with at most the first ``train`` training and ``test`` test images (``None``: all); this
+        data set is unchanged (the tensors are shared, not copied)."""
+        out = replace(self)
         if train is not None:
-            self.train_x, self.train_y = self.train_x[:train], self.train_y[:train]
+            out.train_x, out.train_y = self.train_x[:train], self.train_y[:train]
         if test is not None:
-            self.test_x, self.test_y = self.test_x[:test], self.test_y[:test]
-        return self
+            out.test_x, out.test_y = self.test_x[:test], self.test_y[:test]
+        return out
 
     def hold_out(self, n: int) -> "ImageData":
-        """Make the first ``n`` test images a validation split (``batches("val", ...)``); the test split keeps
-        the rest, so no image is both checked on and reported on."""
+        """A copy whose first ``n`` test images are a validation split (``batches("val", ...)``) and whose
+        test split keeps the rest, so no image is both checked on and reported on; this data set is
+        unchanged (held out twice, a copy would lose twice as many test images)."""
         if not 0 < n < len(self.test_y):
             raise ValueError(f"{self.name}: hold_out needs 0 < n < {len(self.test_y)} test images, got {n}")
-        self.val_x, self.val_y = self.test_x[:n], self.test_y[:n]
-        self.test_x, self.test_y = self.test_x[n:], self.test_y[n:]
-        return self
+        if self.val_y is not None:
+            raise ValueError(f"{self.name}: already has a validation split of {len(self.val_y)} images; hold out "
+                             "from the data set as loaded")
+        out = replace(self)
+        out.val_x, out.val_y = self.test_x[:n], self.test_y[:n]
+        out.test_x, out.test_y = self.test_x[n:], self.test_y[n:]
+        return out
 
     def prepare(self, x: torch.Tensor, channels: int = 3, size: int | None = None) -> torch.Tensor:
         """uint8 batch -> normalised float batch with ``channels`` channels, padded to ``size``."""

@@ -351,8 +351,14 @@ def test_train_config_rejects_an_unknown_schedule():
 def test_validation_split_feeds_learn_and_drop_checks(one_thread):
     # --validation N / TrainConfig(checks_on="validation"): the first N test images become the checks'
     # held-out data (in batches of 128 rows, prepared as training inputs) and leave the test split
-    d = data.load("mnist-small").limit(256, 400).hold_out(300)
+    full = data.load("mnist-small")
+    loaded = full.limit(256, 400)
+    assert len(full.train_y) > 256 and len(full.test_y) > 400  # a copy, as is hold_out's
+    d = loaded.hold_out(300)
     assert (len(d.val_y), len(d.test_y)) == (300, 100)
+    assert loaded.val_y is None and len(loaded.test_y) == 400  # a copy: the loaded data set is unchanged
+    with pytest.raises(ValueError, match="already has a validation split"):
+        d.hold_out(50)
     cfg = TrainConfig(epochs=1, batch_size=64, progress=False, evaluate=False, checks_on="validation")
     run = TrainRun(tiny_resnet, d, cfg, "learn-and-drop")
     batches = run.policy.check_data

@@ -483,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "the FLOPs predict and the measured ones, test accuracy and the drops.",
                        formatter_class=_Formatter)
     r.add_argument("--model", default="resnet18",
-                   help="resnet20/32/56 (CIFAR ResNets), a torchvision model name, or package.module:factory")
+                   help="resnet20/32/56 or cifar_vgg11 (CIFAR models), a torchvision model name, or "
+                        "package.module:factory")
     r.add_argument("--dataset", default="mnist-small", choices=sorted(data_mod.DATASETS),
                    help="data set; all but mnist-small are read from --data-dir (docs/data.md)")
     r.add_argument("--data-dir", default=None, help="directory with the data set (torchvision layouts); "

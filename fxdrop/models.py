@@ -10,6 +10,13 @@ these models have a few more parameters (ResNet-20: 272,474 here, 0.27M in the p
 
 Module names follow torchvision (``layer1.0.conv1``, ``layer2.0.downsample``), so fxdrop's unit names
 read ``layer1.0`` etc., and every block whose skip is the identity is a droppable residual unit.
+
+:func:`cifar_vgg11` is the CIFAR-style VGG-11 with BatchNorm (Simonyan & Zisserman 2015, configuration A,
+as CIFAR re-implementations train it): eight 3x3 conv + BN + ReLU layers with five 2x2 max-pools, which
+leave one 512-channel pixel of a 32 px image, and one linear layer (torchvision's VGG pools that pixel to
+7x7 for a 25,088 → 4,096 → 4,096 classifier, 129M parameters, which no one trains on 32 px). Its
+shape-preserving convs (256 → 256, 512 → 512: ``features.11``, ``.18``, ``.22``, ``.25``) are fxdrop's
+units: plain layers, no skip, the units of the Learn&Drop paper's VGG experiments.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet56", "CIFAR_MODELS", "build_model"]
+__all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet56", "cifar_vgg11", "CIFAR_MODELS",
+           "build_model"]
 
 
 class BasicBlock(nn.Module):
@@ -107,12 +115,44 @@ def resnet56(num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     return CifarResNet(9, num_classes, in_channels)
 
 
-CIFAR_MODELS: dict[str, Callable[..., CifarResNet]] = {"resnet20": resnet20, "resnet32": resnet32, "resnet56": resnet56}
+_VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")  # configuration A
+
+
+def cifar_vgg11(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """CIFAR-style VGG-11 with BatchNorm: 9,228,362 parameters for 10 classes (convs without bias, each
+    followed by BatchNorm; ``features`` indexed as torchvision's ``vgg11_bn``; ``classifier`` one linear
+    layer on the 512 channels of the last 1x1 map)."""
+    layers: list[nn.Module] = []
+    c = in_channels
+    for v in _VGG11:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
+            c = int(v)
+    model = nn.Sequential()
+    model.add_module("features", nn.Sequential(*layers))
+    model.add_module("flatten", nn.Flatten())
+    model.add_module("classifier", nn.Linear(c, num_classes))
+    for m in model.modules():  # as torchvision's VGG: Kaiming normal (fan_out) convs, BN weight 1, bias 0
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+CIFAR_MODELS: dict[str, Callable[..., nn.Module]] = {"resnet20": resnet20, "resnet32": resnet32, "resnet56": resnet56,
+                                                    "cifar_vgg11": cifar_vgg11}
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:
-    """A model by name, with ``num_classes`` outputs and fresh weights: a CIFAR ResNet of this module
-    (``resnet20``, ``resnet32``, ``resnet56``), a torchvision classification model (``resnet18``), or
+    """A model by name, with ``num_classes`` outputs and fresh weights: a CIFAR model of this module
+    (``resnet20``, ``resnet32``, ``resnet56``, ``cifar_vgg11``), a torchvision classification model (``resnet18``), or
     ``package.module:factory`` (called with ``num_classes=`` if it accepts it).
 
     Raises ``ValueError`` naming the closest known names for an unknown name.
@@ -136,7 +176,7 @@ def build_model(name: str, num_classes: int) -> nn.Module:
         close = difflib.get_close_matches(name, sorted(CIFAR_MODELS) + tv_names, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
         raise ValueError(
-            f"unknown model {name!r}{hint} Model names come from: fxdrop.models CIFAR ResNets "
+            f"unknown model {name!r}{hint} Model names come from: fxdrop.models CIFAR models "
             f"({', '.join(sorted(CIFAR_MODELS))}), torchvision classification models "
             f"(torchvision.models.list_models(module=torchvision.models)), or package.module:factory"
         )

@@ -13,7 +13,7 @@ import torch
 import fxdrop
 from fxdrop import data
 from fxdrop.cli import main
-from fxdrop.models import CifarResNet, build_model, resnet20, resnet32, resnet56
+from fxdrop.models import CifarResNet, build_model, cifar_vgg11, resnet20, resnet32, resnet56
 
 ROOT = Path(__file__).resolve().parent.parent
 X32 = (torch.randn(2, 3, 32, 32),)
@@ -102,6 +102,25 @@ def test_cifar_resnet_parameters_shape_and_units(factory, n, params):
     expected = [f"layer1.{i}" for i in range(n)] + [f"layer{s}.{i}" for s in (2, 3) for i in range(1, n)]
     assert [u.name for u in net.units] == expected and len(expected) == 3 * n - 2
     assert {u.kind for u in net.units} == {"residual"}
+
+
+def test_cifar_vgg11_parameters_units_and_flops():
+    # convs by hand (3x3, no bias): 3*64*9 + 64*128*9 + 128*256*9 + 256*256*9 + 256*512*9 + 3 * 512*512*9
+    #   = 1,728 + 73,728 + 294,912 + 589,824 + 1,179,648 + 7,077,888 = 9,217,728; BN 2*(64+128+256*2+512*4)
+    #   = 5,504; linear 512*10 + 10 = 5,130: 9,228,362
+    model = cifar_vgg11(num_classes=10)
+    assert sum(p.numel() for p in model.parameters()) == 9_228_362
+    assert model(X32[0]).shape == (2, 10)
+    net = fxdrop.wrap(model, example_inputs=X32)
+    # the shape-preserving convs (256 -> 256 at 8 px, 512 -> 512 at 4 px and twice at 2 px), as
+    # torchvision's vgg11_bn indexes them; MACs 256*256*9*64 = 512*512*9*16 = 37,748,736, 512*512*9*4 =
+    # 9,437,184 each, of 152,764,416 conv MACs in all: shares 0.2471 and 0.0618 (BN, ReLU and pooling
+    # add a little to the whole)
+    assert [u.name for u in net.units] == ["features.11", "features.18", "features.22", "features.25"]
+    assert {u.kind for u in net.units} == {"chain"}
+    shares = [u.flops / net.full_flops("train") for u in net.units]
+    assert shares == pytest.approx([0.2471, 0.2471, 0.0618, 0.0618], abs=2e-3)
+    assert build_model("cifar_vgg11", 7)(X32[0]).shape == (2, 7)
 
 
 def test_cifar_resnet_structure_and_init():

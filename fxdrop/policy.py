@@ -956,7 +956,7 @@ def _restore_steps(policy: Policy) -> list[tuple[int, int]]:
     return out
 
 
-def final_dropped(policy: Policy) -> list[str]:
+def _final_dropped(policy: Policy) -> list[str]:
     """The units ``policy``'s run had dropped at its end: its drop events less the units it restored
     after them, in the order they were dropped."""
     back = getattr(policy, "restored", [])
@@ -1022,7 +1022,7 @@ class FixedDrop(Policy):
     def thin_like(cls, policy: Policy) -> "FixedDrop":
         """Drop, from the first step, every unit ``policy`` had dropped by the end of its run (units it
         restored and did not drop again are kept)."""
-        return cls({1: final_dropped(policy)})
+        return cls({1: _final_dropped(policy)})
 
     def may_decide(self, step: int) -> bool:
         return step in self.plan

@@ -6,6 +6,10 @@ so where it restored a cohort they ended with more units dropped: this reruns su
     python bench/replay_arm.py docs/measurements/evidence/v10/resnet56_fashion-small-heldout_s1.json random \\
         --out docs/measurements/evidence/v11/replay_arm
 
+``--pairs 'docs/measurements/evidence/resnet18_fashion-small-user_s*.json' --out FOLDER`` prints, seed by seed,
+the Learn&Drop arm minus the replay arm: from FOLDER's rerun where there is one, else the JSON's own pair
+(a run that restored nothing is replayed exactly as it ran).
+
 The protocol is read from the JSON's ``command`` (bench/evidence.py's parser), the replayed arm from its
 ``replay_arm``. The arm trains alone, with the test evaluations of the protocol; its times are not
 comparable with the JSON's interleaved ones and are not reported. Where the replayed run restored nothing,
@@ -34,12 +38,46 @@ def lead_history(row: dict) -> SimpleNamespace:
     return SimpleNamespace(events=[(s, list(n)) for s, n in row["events"]], restored=restored)
 
 
+def pairs(pattern: str, folder: str, arm: str) -> str:
+    """One line per JSON matching ``pattern``: Learn&Drop minus ``arm`` in points, rerun (``folder``) or not."""
+    import glob
+    import statistics
+
+    out, diffs = [], []
+    for path in sorted(glob.glob(pattern)):
+        doc = json.loads(Path(path).read_text())
+        rows = {r["label"]: r for r in doc["runs"]}
+        lead = rows[doc.get("replay_arm", "learn-and-drop")]
+        rerun = Path(folder) / f"{Path(path).stem}_{arm}.json"
+        if rerun.exists():
+            diff, how = json.loads(rerun.read_text())["lead_minus_arm_pt"], "rerun, restores replayed"
+        elif arm in rows:
+            diff, how = 100 * (lead["test_acc"] - rows[arm]["test_acc"]), "as it ran"
+        else:
+            continue
+        if lead_history(lead).restored and not rerun.exists():
+            how = "NOT like for like: the replayed run restored units"
+        diffs.append(diff)
+        out.append(f"seed {doc['seed']}: {diff:+.2f} pt ({how})")
+    if diffs:
+        ahead = sum(d > 0 for d in diffs)
+        spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+        out.append(f"Learn&Drop ahead of {arm} on {ahead} of {len(diffs)}; mean {statistics.mean(diffs):+.2f}{spread} pt")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("json", help="a JSON bench/evidence.py wrote")
+    p.add_argument("json", nargs="?", help="a JSON bench/evidence.py wrote")
+    p.add_argument("--pairs", metavar="GLOB", help="print the pairs of the JSONs matching GLOB instead (with --out)")
     p.add_argument("arm", nargs="?", default="random", choices=REPLAYS, help="the replay arm to train again")
     p.add_argument("--out", default=None, help="folder for the result's JSON (named as the source)")
     a = p.parse_args(argv)
+    if a.pairs:
+        print(pairs(a.pairs, a.out or ".", a.arm))
+        return 0
+    if a.json is None:
+        p.error("name a JSON, or --pairs GLOB")
     doc = json.loads(Path(a.json).read_text())
     lead_label = doc.get("replay_arm", "learn-and-drop")
     rows = {r["label"]: r for r in doc["runs"]}

@@ -43,26 +43,40 @@ def pairs(pattern: str, folder: str, arm: str) -> str:
     import glob
     import statistics
 
-    out, diffs = [], []
+    def last3(row: dict) -> float | None:  # the mean of the last three epochs' test accuracy (docs/results.md)
+        acc = row.get("epoch_acc", [])
+        return 100 * statistics.mean(acc[-3:]) if len(acc) >= 3 else None
+
+    def summary(name: str, diffs: list[float]) -> str:
+        spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+        return (f"{name}: Learn&Drop ahead of {arm} on {sum(d > 0 for d in diffs)} of {len(diffs)}; "
+                f"mean {statistics.mean(diffs):+.2f}{spread} pt")
+
+    out, diffs, diffs3 = [], [], []
     for path in sorted(glob.glob(pattern)):
         doc = json.loads(Path(path).read_text())
         rows = {r["label"]: r for r in doc["runs"]}
         lead = rows[doc.get("replay_arm", "learn-and-drop")]
         rerun = Path(folder) / f"{Path(path).stem}_{arm}.json"
         if rerun.exists():
-            diff, how = json.loads(rerun.read_text())["lead_minus_arm_pt"], "rerun, restores replayed"
+            other, how = json.loads(rerun.read_text())["run"], "rerun, restores replayed"
         elif arm in rows:
-            diff, how = 100 * (lead["test_acc"] - rows[arm]["test_acc"]), "as it ran"
+            other, how = rows[arm], "as it ran"
         else:
             continue
         if lead_history(lead).restored and not rerun.exists():
             how = "NOT like for like: the replayed run restored units"
-        diffs.append(diff)
-        out.append(f"seed {doc['seed']}: {diff:+.2f} pt ({how})")
+        diffs.append(100 * (lead["test_acc"] - other["test_acc"]))
+        line = f"seed {doc['seed']}: {diffs[-1]:+.2f} pt"
+        a, b = last3(lead), last3(other)
+        if a is not None and b is not None:
+            diffs3.append(a - b)
+            line += f", last 3 epochs {diffs3[-1]:+.2f}"
+        out.append(f"{line} ({how})")
     if diffs:
-        ahead = sum(d > 0 for d in diffs)
-        spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
-        out.append(f"Learn&Drop ahead of {arm} on {ahead} of {len(diffs)}; mean {statistics.mean(diffs):+.2f}{spread} pt")
+        out.append(summary("final", diffs))
+    if len(diffs3) == len(diffs) and diffs3:
+        out.append(summary("last 3 epochs' mean", diffs3))
     return "\n".join(out)
 
 

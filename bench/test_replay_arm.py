@@ -30,9 +30,10 @@ def test_pairs_take_reruns_and_flag_pairs_that_are_not_like_for_like(tmp_path):
     src.mkdir(), out.mkdir()
     for seed, (ld, rnd, restored) in enumerate([(0.80, 0.70, True), (0.80, 0.75, False), (0.80, 0.82, True)]):
         (src / f"m_s{seed}.json").write_text(json.dumps(_doc(seed, ld, rnd, restored)))
-    (out / "m_s0_random.json").write_text(json.dumps({"lead_minus_arm_pt": -1.5}))  # seed 0 rerun
+    (out / "m_s0_random.json").write_text(json.dumps({"run": {"test_acc": 0.815}}))  # seed 0 rerun
     lines = replay_arm.pairs(str(src / "m_s*.json"), str(out), "random").splitlines()
     assert lines[0] == "seed 0: -1.50 pt (rerun, restores replayed)"
     assert lines[1] == "seed 1: +5.00 pt (as it ran)"
     assert lines[2] == "seed 2: -2.00 pt (NOT like for like: the replayed run restored units)"
-    assert lines[3].startswith("Learn&Drop ahead of random on 1 of 3; mean +0.50 ± ")
+    assert lines[3].startswith("final: Learn&Drop ahead of random on 1 of 3; mean +0.50 ± ")
+    assert len(lines) == 4  # no epoch readings: no last-3 line

@@ -886,11 +886,14 @@ class _Schedule(Policy):
                  restores: Sequence[tuple[int, int]] = ()):
         super().__init__(action, never)
         who = type(self).__name__
-        self.schedule = _steps(schedule, f"{who}: schedule", "(step, count)", lambda step, count: count >= 0)
-        # step -> the step whose drops are put back then (a replayed restore: the same cohort-for-cohort
+        self.schedule: dict[int, int] = {}
+        for step, count in _pairs(schedule, f"{who}: schedule", "(step, count)", lambda step, count: count >= 0):
+            self.schedule[step] = self.schedule.get(step, 0) + count
+        # step -> the steps whose drops are put back then (a replayed restore: the same cohort-for-cohort
         # history as the run replayed, so both carry as many units dropped at every step)
-        self.restores = _steps(restores, f"{who}: restores", "(step, drop step)", lambda step, at: 1 <= at < step,
-                               merge=False)
+        self.restores: dict[int, list[int]] = {}
+        for step, at in _pairs(restores, f"{who}: restores", "(step, drop step)", lambda step, at: 1 <= at < step):
+            self.restores.setdefault(step, []).append(at)
         self.restored: list[tuple[int, list[str]]] = []  # (step, names) of every restore, like LearnAndDrop's
 
     @classmethod
@@ -911,7 +914,7 @@ class _Schedule(Policy):
         assert self.net is not None
         if step in self.restores:
             at = self.restores[step]
-            back = [n for s, names in self.events if s == at for n in names if self.net.unit(n).dropped]
+            back = [n for s, names in self.events if s in at for n in names if self.net.unit(n).dropped]
             if back:
                 self.net.restore(*back)
                 self.restored.append((step, back))
@@ -929,19 +932,17 @@ class _Schedule(Policy):
         self.restored = [(int(s), list(n)) for s, n in sd.get("restored", [])]
 
 
-def _steps(items: Sequence, what: str, shape: str, valid: Callable[[int, int], bool],
-           merge: bool = True) -> dict[int, int]:
-    """``{step: value}`` from ``(step, value)`` pairs of a replay schedule, each checked by ``valid``; a
-    step given twice adds its values (``merge``) or is refused."""
-    out: dict[int, int] = {}
+def _pairs(items: Sequence, what: str, shape: str, valid: Callable[[int, int], bool]) -> list[tuple[int, int]]:
+    """The ``(step, value)`` pairs of a replay schedule as ints, each checked by ``valid``."""
+    out = []
     for item in items:
         try:
             step, value = int(item[0]), int(item[1])
         except (TypeError, ValueError, IndexError):
             raise ValueError(f"{what} entries are {shape}, got {item!r}") from None
-        if step < 1 or not valid(step, value) or (step in out and not merge):
-            raise ValueError(f"{what}: {item!r} is not a valid {shape} entry (steps >= 1, once each)")
-        out[step] = out.get(step, 0) + value
+        if step < 1 or not valid(step, value):
+            raise ValueError(f"{what}: {item!r} is not a valid {shape} entry")
+        out.append((step, value))
     return out
 
 

@@ -222,7 +222,7 @@ def test_replays_put_back_what_they_dropped_where_the_replayed_run_restored():
     ref.events = [(10, ["layer3.1", "layer4.1"]), (20, ["layer2.1"]), (40, ["layer3.1"])]
     ref.restored = [(25, ["layer3.1", "layer4.1"])]
     pos = fxdrop.PositionDrop.like(ref)
-    assert pos.restores == {25: 10}
+    assert pos.restores == {25: [10]}
     net, x = _net(pos)
     _train(net, x, 45)
     assert pos.events == [(10, ["layer1.0", "layer1.1"]), (20, ["layer2.1"]), (40, ["layer1.0"])]
@@ -238,6 +238,8 @@ def test_replays_put_back_what_they_dropped_where_the_replayed_run_restored():
     assert fxdrop.FixedDrop.thin_like(ref).plan == {1: ["layer2.1", "layer3.1"]}
     with pytest.raises(ValueError, match="restores"):
         fxdrop.RandomDrop([(10, 1)], restores=[(10, 10)])  # a restore before its drop
+    # two cohorts put back at one step: both replayed there
+    assert fxdrop.RandomDrop([(10, 1), (20, 1)], restores=[(30, 10), (30, 20)]).restores == {30: [10, 20]}
 
 
 def test_no_drop_never_drops():

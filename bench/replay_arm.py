@@ -6,7 +6,7 @@ so where it restored a cohort they ended with more units dropped: this reruns su
     python bench/replay_arm.py docs/measurements/evidence/v10/resnet56_fashion-small-heldout_s1.json random \\
         --out docs/measurements/evidence/v11/replay_arm
 
-``--pairs 'docs/measurements/evidence/resnet18_fashion-small-user_s*.json' --out FOLDER`` prints, seed by seed,
+``--pairs 'docs/measurements/evidence/resnet18_fashion-small-user_s*.json' [ARM] --out FOLDER`` prints, seed by seed,
 the Learn&Drop arm minus the replay arm: from FOLDER's rerun where there is one, else the JSON's own pair
 (a run that restored nothing is replayed exactly as it ran).
 
@@ -59,7 +59,8 @@ def pairs(pattern: str, folder: str, arm: str) -> str:
         lead = rows[doc.get("replay_arm", "learn-and-drop")]
         rerun = Path(folder) / f"{Path(path).stem}_{arm}.json"
         if rerun.exists():
-            other, how = json.loads(rerun.read_text())["run"], "rerun, restores replayed"
+            other = json.loads(rerun.read_text())["run"]
+            how = "rerun, restores replayed" if lead_history(lead).restored else "rerun"
         elif arm in rows:
             other, how = rows[arm], "as it ran"
         else:
@@ -87,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("arm", nargs="?", default="random", choices=REPLAYS, help="the replay arm to train again")
     p.add_argument("--out", default=None, help="folder for the result's JSON (named as the source)")
     a = p.parse_args(argv)
-    if a.pairs:
-        print(pairs(a.pairs, a.out or ".", a.arm))
+    if a.pairs:  # --pairs GLOB [ARM]: the one positional names the arm
+        arm = a.json if a.json is not None else a.arm
+        if arm not in REPLAYS:
+            p.error(f"--pairs: the arm must be one of {REPLAYS}, got {arm!r}")
+        print(pairs(a.pairs, a.out or ".", arm))
         return 0
     if a.json is None:
         p.error("name a JSON, or --pairs GLOB")

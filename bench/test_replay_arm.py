@@ -37,3 +37,12 @@ def test_pairs_take_reruns_and_flag_pairs_that_are_not_like_for_like(tmp_path):
     assert lines[2] == "seed 2: -2.00 pt (NOT like for like: the replayed run restored units)"
     assert lines[3].startswith("final: Learn&Drop ahead of random on 1 of 3; mean +0.50 ± ")
     assert len(lines) == 4  # no epoch readings: no last-3 line
+
+
+def test_pairs_command_takes_the_arm_after_the_glob(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir(), out.mkdir()
+    (src / "m_s0.json").write_text(json.dumps(_doc(0, 0.80, 0.75, restored=False)))
+    (out / "m_s0_position.json").write_text(json.dumps({"run": {"test_acc": 0.70}}))
+    assert replay_arm.main(["--pairs", str(src / "m_s*.json"), "position", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("seed 0: +10.00 pt (rerun)\n")

@@ -28,6 +28,15 @@ def _ms(values: list[float], fmt: str) -> str:
     return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
+def restores(row: dict) -> list[tuple[int, list[str]]]:
+    """``(step, units)`` of every cohort an arm's JSON row put back: a Learn&Drop arm's probation checks
+    that refused their cohort, else the row's ``restores`` (recorded for every arm since v11; a replay runs
+    no checks)."""
+    refused = [(c["step"], list(c["units"])) for c in row.get("checks", [])
+               if c.get("stage") == "probation" and not c["accepted"]]
+    return refused or [(int(s), list(n)) for s, n in row.get("restores", [])]
+
+
 def collect(folder: Path, pattern: str = "*.json") -> dict:
     """{(model, dataset, epochs): {label: [row with paired figures, one per seed]}}"""
     out: dict = defaultdict(lambda: defaultdict(list))
@@ -37,9 +46,7 @@ def collect(folder: Path, pattern: str = "*.json") -> dict:
         matched = next((r for r in doc["runs"] if r["label"] == "full-matched"), None)
         for r in doc["runs"]:
             first = r["events"][0][0] if r["events"] else None
-            restores = [c for c in r.get("checks", []) if c.get("stage") == "probation" and not c["accepted"]]
-            if not restores:  # a replay's restores (JSONs since v11), which run no checks
-                restores = [{"step": s, "units": n} for s, n in r.get("restores", [])]
+            back = restores(r)
             ref = base
             if r["phase"] == 2 and matched is not None:
                 # phase 2 shares no turn with phase 1's full run: its reference is the time-matched full
@@ -58,7 +65,7 @@ def collect(folder: Path, pattern: str = "*.json") -> dict:
                 "dropped": len(r["dropped"]), "units": r["units"],
                 "first": first / r["steps"] if first else None,
                 "check": 100 * r.get("check_s", 0.0) / r["wall_s"] if r["wall_s"] else 0.0,
-                "restored": sum(len(c["units"]) for c in restores), "restored_at": [c["step"] for c in restores],
+                "restored": sum(len(n) for _, n in back), "restored_at": [step for step, _ in back],
                 # which Learn&Drop arm a dependent arm was built from (bench/evidence.py --replay-arm)
                 "follows": doc.get("replay_arm", "learn-and-drop") if r["label"] in DEPENDENT else None,
             })

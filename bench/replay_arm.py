@@ -27,15 +27,14 @@ from types import SimpleNamespace
 import torch
 
 from evidence import _row, command_args, protocol  # bench/ is on sys.path when run as a script
+from evidence_table import restores
 from fxdrop.train import REPLAYS, TrainRun, train_interleaved
 
 
 def lead_history(row: dict) -> SimpleNamespace:
     """The drop events and restores of a Learn&Drop arm's JSON row, as the replays read them from a policy
-    (a restore is a probation check that refused its cohort)."""
-    restored = [(c["step"], list(c["units"])) for c in row.get("checks", [])
-                if c.get("stage") == "probation" and not c["accepted"]]
-    return SimpleNamespace(events=[(s, list(n)) for s, n in row["events"]], restored=restored)
+    (:func:`evidence_table.restores`)."""
+    return SimpleNamespace(events=[(s, list(n)) for s, n in row["events"]], restored=restores(row))
 
 
 def pairs(pattern: str, folder: str, arm: str) -> str:
@@ -57,16 +56,15 @@ def pairs(pattern: str, folder: str, arm: str) -> str:
         doc = json.loads(Path(path).read_text())
         rows = {r["label"]: r for r in doc["runs"]}
         lead = rows[doc.get("replay_arm", "learn-and-drop")]
+        restored = bool(restores(lead))
         rerun = Path(folder) / f"{Path(path).stem}_{arm}.json"
         if rerun.exists():
-            other = json.loads(rerun.read_text())["run"]
-            how = "rerun, restores replayed" if lead_history(lead).restored else "rerun"
+            other, how = json.loads(rerun.read_text())["run"], "rerun, restores replayed" if restored else "rerun"
         elif arm in rows:
-            other, how = rows[arm], "as it ran"
+            other = rows[arm]
+            how = "NOT like for like: the replayed run restored units" if restored else "as it ran"
         else:
             continue
-        if lead_history(lead).restored and not rerun.exists():
-            how = "NOT like for like: the replayed run restored units"
         diffs.append(100 * (lead["test_acc"] - other["test_acc"]))
         line = f"seed {doc['seed']}: {diffs[-1]:+.2f} pt"
         a, b = last3(lead), last3(other)

@@ -32,6 +32,17 @@ __all__ = ["BasicBlock", "CifarResNet", "resnet20", "resnet32", "resnet56", "cif
            "build_model"]
 
 
+def _init_convs(model: nn.Module) -> None:
+    """Kaiming-normal (fan_out) conv weights, BatchNorm weight 1 and bias 0, as torchvision's ResNets and
+    VGGs initialise them."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv + BN layers with a skip: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``;
     ``shortcut`` is the identity, or ``downsample`` (1x1 conv + BN) when stride or width change."""
@@ -80,12 +91,7 @@ class CifarResNet(nn.Module):
         self.layer3 = self._make_layer(widths[2], blocks, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[2], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _init_convs(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = []
@@ -134,15 +140,9 @@ def cifar_vgg11(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     model.add_module("features", nn.Sequential(*layers))
     model.add_module("flatten", nn.Flatten())
     model.add_module("classifier", nn.Linear(c, num_classes))
-    for m in model.modules():  # as torchvision's VGG: Kaiming normal (fan_out) convs, BN weight 1, bias 0
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
+    _init_convs(model)  # and the linear layer as torchvision's VGG (it comes last: the same draws in order)
+    nn.init.normal_(model.classifier.weight, 0, 0.01)
+    nn.init.zeros_(model.classifier.bias)
     return model
 
 

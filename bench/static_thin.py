@@ -1,0 +1,113 @@
+"""Can dropping pay at all on a model? Fixed thinner networks against the full one, on a protocol of
+bench/evidence.py: no scores, no checks, a ceiling for any drop policy.
+
+For each ``--at X`` the units to drop are chosen before training, spread evenly over the network (in
+graph order) until their share of the forward FLOPs reaches ``1 − 1/X`` (a speed-up of X by FLOPs), and
+dropped from the first step (``thin``: a statically thinner network, as a user would design one) and, with
+``--late S``, the same units at step S (what a policy could do at best once it has scores to read).
+All arms and the full network are trained interleaved after an untimed warm-up; speed-ups are CPU-time
+ratios to the full network of the same process. One JSON per seed::
+
+    python bench/static_thin.py --model resnet56 --dataset fashion-small --epochs 5 --at 1.5 2 --late 32 \\
+        --out docs/measurements/evidence/v12/static_thin --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from fxdrop import wrap
+from fxdrop.policy import FixedDrop
+from fxdrop.train import TrainRun, train_interleaved
+
+try:  # run as a script (python bench/static_thin.py) or imported as bench.static_thin
+    from evidence import code_version, protocol
+except ImportError:  # pragma: no cover
+    from bench.evidence import code_version, protocol
+
+
+def spread(flops: list[int], full: int, share: float) -> list[int]:
+    """Indices of the fewest units, spread evenly over ``flops`` (graph order), whose FLOPs make at least
+    ``share`` of ``full``: for k units, the middles of k equal slices of the list. Raises ValueError
+    when even every unit falls short."""
+    n = len(flops)
+    for k in range(1, n + 1):
+        picked = sorted({min(n - 1, int((i + 0.5) * n / k)) for i in range(k)})
+        if sum(flops[i] for i in picked) >= share * full:
+            return picked
+    raise ValueError(f"every unit together makes {sum(flops) / full:.1%} of the FLOPs, short of {share:.1%}")
+
+
+def plans(factory, at: list[float], late: int | None) -> dict[str, dict]:
+    """``label: {"plan": FixedDrop plan, "units": [...], "flops_share": ...}`` for each speed-up in ``at``."""
+    net = wrap(factory(), example_inputs=(torch.randn(2, 3, 32, 32),))
+    units, full = net.units, net.full_flops("train")
+    out = {}
+    for x in at:
+        idx = spread([u.flops for u in units], full, 1 - 1 / x)
+        names = [units[i].name for i in idx]
+        share = sum(units[i].flops for i in idx) / full
+        out[f"thin {x:g}x"] = {"plan": {1: names}, "units": names, "flops_share": share}
+        if late:
+            out[f"thin {x:g}x from step {late}"] = {"plan": {late: names}, "units": names, "flops_share": share}
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--dataset", default="fashion-small")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--at", type=float, nargs="+", default=[1.5, 2.0], metavar="X")
+    p.add_argument("--late", type=int, default=None, metavar="S", help="also drop the same units at step S")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="docs/measurements/evidence/static_thin")
+    a = p.parse_args(argv)
+    # the protocol of bench/evidence.py with its defaults (batch 128, OneCycle at 0.05, no validation split)
+    proto = argparse.Namespace(model=a.model, dataset=a.dataset, epochs=a.epochs, train_limit=None, validation=0,
+                               batch_size=128, lr=0.05, schedule="onecycle", interval=None, projections=False)
+    torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    code = code_version()
+    for seed in a.seeds:
+        path = out / f"{a.model}_{a.dataset}_s{seed}.json"
+        if path.exists():
+            continue
+        data, factory, cfg = protocol(proto, seed)
+        arms = plans(factory, a.at, a.late)
+        train_interleaved([TrainRun(factory, data, dataclasses.replace(cfg, max_steps=20), "none")])  # warm-up
+        runs = {"full": TrainRun(factory, data, cfg, "none", label="full")}
+        runs.update({k: TrainRun(factory, data, cfg, "none", label=k, policy=FixedDrop(v["plan"]))
+                     for k, v in arms.items()})
+        t0 = time.time()
+        train_interleaved(list(runs.values()))
+        base = runs["full"].result()
+        rows = []
+        for k, r in runs.items():
+            res = r.result()
+            rows.append({"label": k, "test_acc": res.test_acc, "epoch_acc": res.epoch_acc, "steps": res.steps,
+                         "cpu_s": res.cpu_s, "wall_s": res.wall_s, "speedup_cpu": base.cpu_s / res.cpu_s,
+                         "delta_pt": 100 * (res.test_acc - base.test_acc),
+                         **({k2: v for k2, v in arms[k].items() if k2 != "plan"} if k in arms else {})})
+        doc = {"model": a.model, "dataset": a.dataset, "epochs": a.epochs, "seed": seed, "code": code,
+               "command": shlex.join(["python", "bench/static_thin.py", *(sys.argv[1:] if argv is None else argv)]),
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+               "elapsed_s": time.time() - t0, "train_images": len(data.train_y), "test_images": len(data.test_y),
+               "runs": rows}
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {path}: " + ", ".join(f"{r['label']} {r['speedup_cpu']:.2f}x {r['delta_pt']:+.2f}"
+                                             for r in rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()

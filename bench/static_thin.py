@@ -46,18 +46,35 @@ def spread(flops: list[int], full: int, share: float) -> list[int]:
     raise ValueError(f"every unit together makes {sum(flops) / full:.1%} of the FLOPs, short of {share:.1%}")
 
 
-def plans(factory, at: list[float], late: int | None) -> dict[str, dict]:
-    """``label: {"plan": FixedDrop plan, "units": [...], "flops_share": ...}`` for each speed-up in ``at``."""
+def earliest(flops: list[int], full: int, share: float) -> list[int]:
+    """Indices of the first units in graph order whose FLOPs make at least ``share`` of ``full``."""
+    total = 0
+    for k, f in enumerate(flops):
+        total += f
+        if total >= share * full:
+            return list(range(k + 1))
+    raise ValueError(f"every unit together makes {sum(flops) / full:.1%} of the FLOPs, short of {share:.1%}")
+
+
+ORDERS = {"spread": ("", spread), "earliest": (", earliest", earliest)}
+
+
+def plans(factory, at: list[float], late: int | None, orders: list[str] = ("spread",)) -> dict[str, dict]:
+    """``label: {"plan": FixedDrop plan, "units": [...], "flops_share": ...}`` for each speed-up in ``at`` and
+    each way of choosing the units in ``orders`` (:data:`ORDERS`)."""
     net = wrap(factory(), example_inputs=(torch.randn(2, 3, 32, 32),))
     units, full = net.units, net.full_flops("train")
     out = {}
     for x in at:
-        idx = spread([u.flops for u in units], full, 1 - 1 / x)
-        names = [units[i].name for i in idx]
-        share = sum(units[i].flops for i in idx) / full
-        out[f"thin {x:g}x"] = {"plan": {1: names}, "units": names, "flops_share": share}
-        if late:
-            out[f"thin {x:g}x from step {late}"] = {"plan": {late: names}, "units": names, "flops_share": share}
+        for order in orders:
+            suffix, choose = ORDERS[order]
+            idx = choose([u.flops for u in units], full, 1 - 1 / x)
+            names = [units[i].name for i in idx]
+            share = sum(units[i].flops for i in idx) / full
+            out[f"thin {x:g}x{suffix}"] = {"plan": {1: names}, "units": names, "flops_share": share}
+            if late:
+                out[f"thin {x:g}x{suffix} from step {late}"] = {"plan": {late: names}, "units": names,
+                                                                "flops_share": share}
     return out
 
 
@@ -69,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--at", type=float, nargs="+", default=[1.5, 2.0], metavar="X")
     p.add_argument("--late", type=int, default=None, metavar="S", help="also drop the same units at step S")
+    p.add_argument("--order", nargs="+", choices=list(ORDERS), default=["spread"],
+                   help="how the units are chosen: spread evenly over the network, or the earliest ones")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/measurements/evidence/static_thin")
     a = p.parse_args(argv)
@@ -84,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         if path.exists():
             continue
         data, factory, cfg = protocol(proto, seed)
-        arms = plans(factory, a.at, a.late)
+        arms = plans(factory, a.at, a.late, a.order)
         train_interleaved([TrainRun(factory, data, dataclasses.replace(cfg, max_steps=20), "none")])  # warm-up
         runs = {"full": TrainRun(factory, data, cfg, "none", label="full")}
         runs.update({k: TrainRun(factory, data, cfg, "none", label=k, policy=FixedDrop(v["plan"]))

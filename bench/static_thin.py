@@ -10,6 +10,8 @@ ratios to the full network of the same process. One JSON per seed::
 
     python bench/static_thin.py --model resnet56 --dataset fashion-small --epochs 5 --at 1.5 2 --late 32 \\
         --out docs/measurements/evidence/v12/static_thin --seeds 0 1 2
+    python bench/static_thin.py table docs/measurements/evidence/v12/static_thin/*.json \
+        --against docs/measurements/evidence/resnet20_fashion-small_s*.json     # with the shorter full runs
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import dataclasses
 import json
 import os
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -78,7 +81,56 @@ def plans(factory, at: list[float], late: int | None, orders: list[str] = ("spre
     return out
 
 
+def table(paths: list[Path], against: list[Path] = ()) -> str:
+    """A markdown table of static_thin JSONs (``paths``): per arm, the CPU speed-up and the accuracy against
+    the seed's full network (mean ± std, and per seed), and, where an evidence JSON in ``against`` has the
+    same model, data, epochs and seed, the full network trained X times shorter (``full, Xx fewer steps``)
+    and the thin arm's lead over it at the same X, paired by seed."""
+    docs = [json.loads(p.read_text()) for p in paths]
+    shorter: dict = {}
+    for p in against:
+        d = json.loads(p.read_text())
+        full = next(r for r in d["runs"] if r["label"] == "full")
+        for r in d["runs"]:
+            if r["label"].startswith("full, ") and r["label"].endswith("x fewer steps"):
+                x = float(r["label"][len("full, "):-len("x fewer steps")])
+                key = (d["model"], d["dataset"], d["epochs"], d["seed"], x)
+                shorter[key] = 100 * (r["test_acc"] - full["test_acc"])
+    rows: dict = {}
+    for d in sorted(docs, key=lambda d: (d["model"], d["seed"])):
+        for r in d["runs"]:
+            if r["label"] == "full":
+                continue
+            rows.setdefault((d["model"], d["dataset"], d["epochs"], r["label"]), []).append((d["seed"], r))
+
+    def ms(v: list[float], fmt: str) -> str:
+        return format(v[0], fmt) if len(v) == 1 else f"{statistics.mean(v):{fmt}} ± {statistics.stdev(v):{fmt}}"
+
+    out = ["| model / data | arm | FLOPs cut | speed-up (CPU) | Δ acc pt | per seed (pt) | full, X shorter (pt) "
+           "| thin − shorter (pt) |", "|---|---|---|---|---|---|---|---|"]
+    for (model, data, epochs, label), seeds in rows.items():
+        x = float(label.split()[1].rstrip("x,"))
+        deltas = [r["delta_pt"] for _, r in seeds]
+        base = [shorter.get((model, data, epochs, s, x)) for s, _ in seeds]
+        lead = [dv - b for dv, b in zip(deltas, base) if b is not None]
+        late = " from step" in label
+        out.append(f"| {model} / {data}, {epochs} ep | {label} | {seeds[0][1]['flops_share']:.0%} | "
+                   f"{ms([r['speedup_cpu'] for _, r in seeds], '.2f')}x | {ms(deltas, '+.2f')} | "
+                   f"{', '.join(f'{v:+.2f}' for v in deltas)} | "
+                   f"{ms([b for b in base if b is not None], '+.2f') if any(b is not None for b in base) else '-'} | "
+                   f"{'-' if late or not lead else ms(lead, '+.2f') + f' ({sum(v > 0 for v in lead)} of {len(lead)})'} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> None:
+    if argv is None and sys.argv[1:2] == ["table"]:
+        t = argparse.ArgumentParser(prog="static_thin.py table")
+        t.add_argument("json", nargs="+", type=Path)
+        t.add_argument("--against", nargs="*", type=Path, default=[],
+                       help="evidence.py JSONs holding 'full, Xx fewer steps' rows of the same seeds")
+        ta = t.parse_args(sys.argv[2:])
+        print(table(ta.json, ta.against))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet20")
     p.add_argument("--dataset", default="fashion-small")

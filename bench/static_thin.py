@@ -104,7 +104,7 @@ def table(paths: list[Path], against: list[Path] = ()) -> str:
             rows.setdefault((d["model"], d["dataset"], d["epochs"], r["label"]), []).append((d["seed"], r))
 
     def ms(v: list[float], fmt: str) -> str:
-        return format(v[0], fmt) if len(v) == 1 else f"{statistics.mean(v):{fmt}} ± {statistics.stdev(v):{fmt}}"
+        return format(v[0], fmt) if len(v) == 1 else f"{statistics.mean(v):{fmt}} ± {statistics.stdev(v):{fmt.lstrip('+')}}"
 
     out = ["| model / data | arm | FLOPs cut | speed-up (CPU) | Δ acc pt | per seed (pt) | full, X shorter (pt) "
            "| thin − shorter (pt) |", "|---|---|---|---|---|---|---|---|"]

@@ -67,6 +67,11 @@ OPTIONAL = {  # phase-1 arms run only when named in --arms: the knob's two measu
     "l&d, churn shock": ("learn-and-drop", {"follow_churn": True}),  # the shock bound follows training's churn
     "l&d, target 2x, churn shock": ("learn-and-drop", {"target_speedup": 2.0, "follow_churn": True}),
     "l&d, target 1.5x, churn shock": ("learn-and-drop", {"target_speedup": 1.5, "follow_churn": True}),
+    # the sets built earliest unit first instead of cheapest shock per FLOP first (LearnAndDrop(order=...))
+    "l&d, target 1.5x, churn shock, position": ("learn-and-drop", {"target_speedup": 1.5, "follow_churn": True,
+                                                                   "order": "position"}),
+    "l&d, target 2x, churn shock, position": ("learn-and-drop", {"target_speedup": 2.0, "follow_churn": True,
+                                                                 "order": "position"}),
 }
 ARM_CFG = {"l&d, held-out checks": {"checks_on": "validation"}}  # TrainConfig fields an arm changes
 LD_ARMS = [k for k, (kind, _) in {**PHASE1, **OPTIONAL}.items() if kind == "learn-and-drop"]  # --replay-arm's

@@ -36,6 +36,7 @@ __all__ = ["Policy", "NoDrop", "LearnAndDrop", "RandomDrop", "PositionDrop", "Fi
 
 _ACTIONS = ("drop", "freeze")
 _MEASURES = ("time", "flops")
+_ORDERS = ("cost", "position")  # how screened units are ranked into the sets tried (LearnAndDrop.order)
 _TIMES_KEPT = 64  # step times kept per graph (the most recent): a median over them
 _TIMES_NEEDED = 8  # step times a graph needs before its median counts
 # rows whose predictions measure training's churn (follow_churn): one forward of them per interval, a
@@ -157,7 +158,8 @@ class LearnAndDrop(Policy):
     ``follow_churn=True`` (opt-in, docs/method.md) raises the shock bound to the share of predictions one
     interval of training itself moved on 32 held rows, when that is larger, until the run's first restore:
     measured, much faster where the network has units to spare, and a point or two lost where every block
-    matters.
+    matters. ``order`` ranks the units that passed the screen into the sets tried: ``"cost"`` (default)
+    cheapest measured shock per FLOP first, ``"position"`` (opt-in, exploratory) earliest in the graph first.
     """
 
     def __init__(
@@ -189,6 +191,7 @@ class LearnAndDrop(Policy):
         action: str = "drop",
         check_data: Iterable | None = None,
         follow_churn: bool = False,
+        order: str = "cost",
     ):
         super().__init__(action, never)
         checks = [
@@ -223,6 +226,7 @@ class LearnAndDrop(Policy):
             ("shock", shock, _num(shock) and 0 <= shock <= 1, "in [0, 1]"),
             ("target_measure", target_measure, target_measure in _MEASURES, f"one of {_MEASURES}"),
             ("follow_churn", follow_churn, isinstance(follow_churn, bool), "True or False"),
+            ("order", order, order in _ORDERS, f"one of {_ORDERS}"),
             ("check_data", type(check_data).__name__,
              check_data is None or (hasattr(check_data, "__iter__") and not isinstance(check_data, (str, dict))),
              "None or an iterable of batches (e.g. a DataLoader)"),
@@ -241,7 +245,7 @@ class LearnAndDrop(Policy):
         self.check, self.recalibrate, self.final_fraction = check, recalibrate, final_fraction
         self.check_budget, self.reinvest = check_budget, reinvest
         self.probation = probation if action == "drop" else 0  # a frozen unit still runs: nothing to recover
-        self.shock, self.target_measure = shock, target_measure
+        self.shock, self.target_measure, self.order = shock, target_measure, order
         self.on_probation: dict[str, int] = {}  # units dropped on probation -> step of their lasting-cost check
         self.restored: list[tuple[int, list[str]]] = []  # (step, names) of every cohort put back after probation
         self._restored_now: list[str] = []
@@ -765,7 +769,11 @@ class LearnAndDrop(Policy):
             log.info("fxdrop: step %d: %s passed the screen but could not save what the rest of their checks "
                      "costs before step %d; kept", step, [u.name for u, _ in ok], self.total_steps)
             return []
-        ok.sort(key=lambda uc: (max(price(uc[1]), 0.0) + 1e-6) / max(uc[0].flops, 1))
+        if self.order == "position":  # earliest in the graph first (opt-in; docs/method.md)
+            where = {u.name: i for i, u in enumerate(net.units)}
+            ok.sort(key=lambda uc: where[uc[0].name])
+        else:
+            ok.sort(key=lambda uc: (max(price(uc[1]), 0.0) + 1e-6) / max(uc[0].flops, 1))
         sets: list[list] = []
         for u, _ in ok:
             trial = (sets[-1] if sets else []) + [u]

@@ -376,3 +376,31 @@ def test_shock_bound_follows_training_churn(monkeypatch, follow):
     assert pol.churns[-2:] == [(5, 0.25), (6, 0.25)] and pol.churn == 0.25 and pol.shock_bound() == 0.05
     rows = pol.check_rows
     assert net.step() == [] and net.step() == [] and len(pol.churns) == 4 and pol.check_rows == rows
+
+
+@pytest.mark.parametrize("order, sets", [
+    # cheapest shock per FLOP first (layer1.0 and layer1.1 have the same FLOPs as each other, layer2.1 more)
+    ("cost", None),
+    # earliest in the graph first, whatever the shock: {layer1.0}, {layer1.0, layer1.1}, then all three
+    ("position", [["layer1.0"], ["layer1.0", "layer1.1"], ["layer1.0", "layer1.1", "layer2.1"]]),
+])
+def test_order_ranks_the_screened_units_into_sets(monkeypatch, order, sets):
+    screen = [0.04, 0.02, 0.001]  # layer1.0, layer1.1, layer2.1: all pass the 5% shock bound
+    _scripted_costs(monkeypatch, [screen, [0.01, 0.02, 0.03]])
+    pol = Scripted(_table([0.2, 0.2, 0.2, 0.9, 0.9]), interval=1, warmup=0, check_budget=1e9, total_steps=100,
+                   order=order)
+    net, x = _net(pol)
+    _hold(net, x)
+    flops = {u.name: u.flops for u in net.units}
+    if sets is None:
+        ranked = sorted(["layer1.0", "layer1.1", "layer2.1"], key=lambda n: (screen[["layer1.0", "layer1.1",
+                                                                                     "layer2.1"].index(n)] + 1e-6) / flops[n])
+        sets = [ranked[:1], ranked[:2], ranked]
+        assert ranked[0] == "layer2.1"  # the cheapest per FLOP is not the earliest: the orders differ here
+    assert pol.decide(1) == sets[-1]  # every set passes the shock bound: the largest is dropped
+    assert [c["units"] for c in pol.checks[3:]] == sets
+
+
+def test_order_is_validated():
+    with pytest.raises(ValueError, match="order must be one of"):
+        fxdrop.LearnAndDrop(order="earliest")

@@ -33,30 +33,32 @@ from fxdrop.train import TrainRun, train_interleaved
 
 try:  # run as a script (python bench/static_thin.py) or imported as bench.static_thin
     from evidence import code_version, protocol
+    from evidence import parser as evidence_parser
 except ImportError:  # pragma: no cover
     from bench.evidence import code_version, protocol
+    from bench.evidence import parser as evidence_parser
 
 
-def spread(flops: list[int], full: int, share: float) -> list[int]:
-    """Indices of the fewest units, spread evenly over ``flops`` (graph order), whose FLOPs make at least
-    ``share`` of ``full``: for k units, the middles of k equal slices of the list. Raises ValueError
-    when even every unit falls short."""
+def _fewest(flops: list[int], full: int, share: float, pick) -> list[int]:
+    """The smallest ``k`` whose ``pick(n, k)`` (indices into ``flops``) makes at least ``share`` of ``full``:
+    those indices. Raises ValueError when even every unit falls short."""
     n = len(flops)
     for k in range(1, n + 1):
-        picked = sorted({min(n - 1, int((i + 0.5) * n / k)) for i in range(k)})
+        picked = pick(n, k)
         if sum(flops[i] for i in picked) >= share * full:
             return picked
     raise ValueError(f"every unit together makes {sum(flops) / full:.1%} of the FLOPs, short of {share:.1%}")
 
 
+def spread(flops: list[int], full: int, share: float) -> list[int]:
+    """Indices of the fewest units, spread evenly over ``flops`` (graph order), whose FLOPs make at least
+    ``share`` of ``full``: for k units, the middles of k equal slices of the list."""
+    return _fewest(flops, full, share, lambda n, k: sorted({min(n - 1, int((i + 0.5) * n / k)) for i in range(k)}))
+
+
 def earliest(flops: list[int], full: int, share: float) -> list[int]:
     """Indices of the first units in graph order whose FLOPs make at least ``share`` of ``full``."""
-    total = 0
-    for k, f in enumerate(flops):
-        total += f
-        if total >= share * full:
-            return list(range(k + 1))
-    raise ValueError(f"every unit together makes {sum(flops) / full:.1%} of the FLOPs, short of {share:.1%}")
+    return _fewest(flops, full, share, lambda n, k: list(range(k)))
 
 
 ORDERS = {"spread": ("", spread), "earliest": (", earliest", earliest)}
@@ -123,12 +125,13 @@ def table(paths: list[Path], against: list[Path] = ()) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    if argv is None and sys.argv[1:2] == ["table"]:
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["table"]:
         t = argparse.ArgumentParser(prog="static_thin.py table")
         t.add_argument("json", nargs="+", type=Path)
         t.add_argument("--against", nargs="*", type=Path, default=[],
                        help="evidence.py JSONs holding 'full, Xx fewer steps' rows of the same seeds")
-        ta = t.parse_args(sys.argv[2:])
+        ta = t.parse_args(words[1:])
         print(table(ta.json, ta.against))
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -142,10 +145,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="how the units are chosen: spread evenly over the network, or the earliest ones")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="docs/measurements/evidence/static_thin")
-    a = p.parse_args(argv)
-    # the protocol of bench/evidence.py with its defaults (batch 128, OneCycle at 0.05, no validation split)
-    proto = argparse.Namespace(model=a.model, dataset=a.dataset, epochs=a.epochs, train_limit=None, validation=0,
-                               batch_size=128, lr=0.05, schedule="onecycle", interval=None, projections=False)
+    a = p.parse_args(words)
+    # the protocol of bench/evidence.py with its own defaults (batch, learning rate, schedule, ...)
+    proto = evidence_parser().parse_args(["--model", a.model, "--dataset", a.dataset, "--epochs", str(a.epochs)])
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                          "delta_pt": 100 * (res.test_acc - base.test_acc),
                          **({k2: v for k2, v in arms[k].items() if k2 != "plan"} if k in arms else {})})
         doc = {"model": a.model, "dataset": a.dataset, "epochs": a.epochs, "seed": seed, "code": code,
-               "command": shlex.join(["python", "bench/static_thin.py", *(sys.argv[1:] if argv is None else argv)]),
+               "command": shlex.join(["python", "bench/static_thin.py", *words]),
                "torch": torch.__version__, "threads": torch.get_num_threads(), "cores": os.cpu_count(),
                "elapsed_s": time.time() - t0, "train_images": len(data.train_y), "test_images": len(data.test_y),
                "runs": rows}

@@ -72,6 +72,12 @@ OPTIONAL = {  # phase-1 arms run only when named in --arms: the knob's two measu
                                                                    "order": "position"}),
     "l&d, target 2x, churn shock, position": ("learn-and-drop", {"target_speedup": 2.0, "follow_churn": True,
                                                                  "order": "position"}),
+    # the same with the target counted in FLOPs (independent of the machine's load), and without a target
+    "l&d, target 1.5x by FLOPs, churn shock, position": ("learn-and-drop", {
+        "target_speedup": 1.5, "target_measure": "flops", "follow_churn": True, "order": "position"}),
+    "l&d, target 2x by FLOPs, churn shock, position": ("learn-and-drop", {
+        "target_speedup": 2.0, "target_measure": "flops", "follow_churn": True, "order": "position"}),
+    "l&d, churn shock, position": ("learn-and-drop", {"follow_churn": True, "order": "position"}),
 }
 ARM_CFG = {"l&d, held-out checks": {"checks_on": "validation"}}  # TrainConfig fields an arm changes
 LD_ARMS = [k for k, (kind, _) in {**PHASE1, **OPTIONAL}.items() if kind == "learn-and-drop"]  # --replay-arm's

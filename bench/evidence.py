@@ -72,7 +72,12 @@ OPTIONAL = {  # phase-1 arms run only when named in --arms: the knob's two measu
                                                                    "order": "position"}),
     "l&d, target 2x, churn shock, position": ("learn-and-drop", {"target_speedup": 2.0, "follow_churn": True,
                                                                  "order": "position"}),
-    # the same with the target counted in FLOPs (independent of the machine's load), and without a target
+    # the same with the target counted in FLOPs (independent of the machine's load), in either order, and
+    # without a target
+    "l&d, target 1.5x by FLOPs, churn shock": ("learn-and-drop", {
+        "target_speedup": 1.5, "target_measure": "flops", "follow_churn": True}),
+    "l&d, target 2x by FLOPs, churn shock": ("learn-and-drop", {
+        "target_speedup": 2.0, "target_measure": "flops", "follow_churn": True}),
     "l&d, target 1.5x by FLOPs, churn shock, position": ("learn-and-drop", {
         "target_speedup": 1.5, "target_measure": "flops", "follow_churn": True, "order": "position"}),
     "l&d, target 2x by FLOPs, churn shock, position": ("learn-and-drop", {

@@ -388,6 +388,7 @@ class LearnAndDrop(Policy):
     def bind(self, net: "DropNet") -> None:
         super().bind(net)
         self.tracker = ScoreTracker({u.name: net.parameters_of(u) for u in net.units}, self.beta, self.window)
+        self._position = {u.name: i for i, u in enumerate(net.units)}  # graph order, for order="position"
         for u in net.units:
             if u.dropped or u.frozen:
                 self.tracker.forget(u.name)
@@ -770,8 +771,7 @@ class LearnAndDrop(Policy):
                      "costs before step %d; kept", step, [u.name for u, _ in ok], self.total_steps)
             return []
         if self.order == "position":  # earliest in the graph first (opt-in; docs/method.md)
-            where = {u.name: i for i, u in enumerate(net.units)}
-            ok.sort(key=lambda uc: where[uc[0].name])
+            ok.sort(key=lambda uc: self._position[uc[0].name])
         else:
             ok.sort(key=lambda uc: (max(price(uc[1]), 0.0) + 1e-6) / max(uc[0].flops, 1))
         sets: list[list] = []

@@ -76,9 +76,9 @@ def plans(factory, at: list[float], late: int | None, orders: list[str] = ("spre
             idx = choose([u.flops for u in units], full, 1 - 1 / x)
             names = [units[i].name for i in idx]
             share = sum(units[i].flops for i in idx) / full
-            out[f"thin {x:g}x{suffix}"] = {"plan": {1: names}, "units": names, "flops_share": share}
+            out[f"thin {x:g}x{suffix}"] = {"plan": {1: names}, "at": x, "units": names, "flops_share": share}
             if late:
-                out[f"thin {x:g}x{suffix} from step {late}"] = {"plan": {late: names}, "units": names,
+                out[f"thin {x:g}x{suffix} from step {late}"] = {"plan": {late: names}, "at": x, "units": names,
                                                                 "flops_share": share}
     return out
 
@@ -111,7 +111,8 @@ def table(paths: list[Path], against: list[Path] = ()) -> str:
     out = ["| model / data | arm | FLOPs cut | speed-up (CPU) | Δ acc pt | per seed (pt) | full, X shorter (pt) "
            "| thin − shorter (pt) |", "|---|---|---|---|---|---|---|---|"]
     for (model, data, epochs, label), seeds in rows.items():
-        x = float(label.split()[1].rstrip("x,"))
+        # the JSONs before v13 do not record the speed-up asked for: their labels name it ("thin 1.5x, ...")
+        x = seeds[0][1].get("at") or float(label.split()[1].rstrip("x,"))
         deltas = [r["delta_pt"] for _, r in seeds]
         base = [shorter.get((model, data, epochs, s, x)) for s, _ in seeds]
         lead = [dv - b for dv, b in zip(deltas, base) if b is not None]

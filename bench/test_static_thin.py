@@ -40,6 +40,7 @@ def test_plans_reach_the_speedup_by_flops_on_a_real_model():
     assert arms["thin 1.5x"]["flops_share"] >= 1 - 1 / 1.5 and arms["thin 2x"]["flops_share"] >= 0.5
     assert arms["thin 2x, earliest from step 32"]["plan"] == {32: arms["thin 2x, earliest"]["units"]}
     assert arms["thin 2x"]["plan"] == {1: arms["thin 2x"]["units"]}
+    assert arms["thin 1.5x, earliest from step 32"]["at"] == 1.5 and arms["thin 2x"]["at"] == 2.0
     torch.testing.assert_close(arms["thin 1.5x"]["flops_share"], arms["thin 1.5x, earliest"]["flops_share"])
 
 

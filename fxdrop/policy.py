@@ -159,7 +159,8 @@ class LearnAndDrop(Policy):
     interval of training itself moved on 32 held rows, when that is larger, until the run's first restore:
     measured, much faster where the network has units to spare, and a point or two lost where every block
     matters. ``order`` ranks the units that passed the screen into the sets tried: ``"cost"`` (default)
-    cheapest measured shock per FLOP first, ``"position"`` (opt-in, exploratory) earliest in the graph first.
+    cheapest measured shock per FLOP first, ``"position"`` (opt-in, exploratory) earliest in the graph first,
+    and then only the earliest candidates that a set could hold (the target, the caps) are screened.
     """
 
     def __init__(
@@ -523,6 +524,11 @@ class LearnAndDrop(Policy):
             and (self.target_speedup is not None or self._stopped_learning(scores[u.name]))
         ]
         cands.sort(key=lambda u: scores[u.name]["continuation"])
+        if self.order == "position":
+            # the sets are then the earliest passing units, as many as fit (the target, the caps): a unit no
+            # set could hold is not screened, since its check would only spend the budget later choices need
+            cands.sort(key=lambda u: self._position[u.name])
+            cands = cands[:self._longest_fit(cands, step)]
         if self.check and cands and not self.check_allowed(step):
             # checks used their share of the compute: the candidates wait for a later boundary
             log.info("fxdrop: step %d: checks ran %.0f forward rows, over their budget of %.0f; %s wait",
@@ -704,6 +710,13 @@ class LearnAndDrop(Policy):
             return self.predicted_speedup(step, sum(u.flops for u in units[:-1])) < self.target_speedup
         return True
 
+    def _longest_fit(self, units: Sequence, step: int) -> int:
+        """How many of ``units``, taken from the first, :meth:`_fits` can drop together."""
+        n = 0
+        while n < len(units) and self._fits(units[:n + 1], step):
+            n += 1
+        return n
+
     def _gone(self) -> list:
         """Units whose forward no longer runs or whose weights no longer train (dropped or frozen)."""
         assert self.net is not None
@@ -770,9 +783,7 @@ class LearnAndDrop(Policy):
             log.info("fxdrop: step %d: %s passed the screen but could not save what the rest of their checks "
                      "costs before step %d; kept", step, [u.name for u, _ in ok], self.total_steps)
             return []
-        if self.order == "position":  # earliest in the graph first (opt-in; docs/method.md)
-            ok.sort(key=lambda uc: self._position[uc[0].name])
-        else:
+        if self.order == "cost":  # cheapest per FLOP first; by position they came in graph order (_decide)
             ok.sort(key=lambda uc: (max(price(uc[1]), 0.0) + 1e-6) / max(uc[0].flops, 1))
         sets: list[list] = []
         for u, _ in ok:

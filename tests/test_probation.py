@@ -401,3 +401,26 @@ def test_order_ranks_the_screened_units_into_sets(monkeypatch, order, sets):
 def test_order_is_validated():
     with pytest.raises(ValueError, match="order must be one of"):
         fxdrop.LearnAndDrop(order="earliest")
+
+
+@pytest.mark.parametrize("order, screened", [("cost", 5), ("position", 3)])
+def test_position_order_screens_only_the_units_a_set_could_hold(monkeypatch, order, screened):
+    # five units of 10.7% of the FLOPs each, all candidates under a target: 1.3x by FLOPs from step 1 of 100
+    # needs three of them (two predict 1.27x). By position the sets are the earliest passing units, so only
+    # layer1.0, layer1.1 and layer2.1 are screened; by cost every candidate is, to be ranked
+    calls = []
+
+    def scripted(model, current, candidates, probe, seed=0):
+        calls.append(len(candidates))
+        return [_Cost(0.0) for _ in candidates]
+
+    monkeypatch.setattr(fxdrop.policy, "drop_cost", scripted)
+    pol = Scripted(_table([0.2] * 5), interval=1, warmup=0, check_budget=1e9, total_steps=100, order=order,
+                   target_speedup=1.3, target_measure="flops")
+    net, x = _net(pol)
+    _hold(net, x)
+    assert pol.predicted_speedup(1, 2 * net.units[0].flops) < 1.3 <= pol.predicted_speedup(1, 3 * net.units[0].flops)
+    chosen = pol.decide(1)
+    assert calls[0] == screened and len(chosen) == 3
+    if order == "position":
+        assert chosen == ["layer1.0", "layer1.1", "layer2.1"]

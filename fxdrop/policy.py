@@ -476,10 +476,10 @@ class LearnAndDrop(Policy):
         if step % self.interval:
             return []
         self._restored_now = []
-        # from the boundary before the first candidates can have their window of scores on, until a restore
-        # makes the bound ``shock`` for good (:meth:`shock_bound`)
+        # from the boundary before the first candidates can have their window of scores on (or from the first
+        # where they need none), until a restore makes the bound ``shock`` for good (:meth:`shock_bound`)
         if (self.check and self.follow_churn and not self.restored and self._shock_allowed()
-                and step >= (self.window - 1) * self.interval):
+                and step >= (1 if self._unscored() else self.window - 1) * self.interval):
             self._measure_churn(step)
         live = self.live()
         lr = self._lr_sum / self._lr_n if self._lr_n else 1.0
@@ -513,13 +513,11 @@ class LearnAndDrop(Policy):
         bad = [n for n, s in scores.items() if not math.isfinite(s.get("continuation", math.nan))]
         if bad:
             warnings.warn(f"fxdrop: non-finite scores for units {bad} at step {step}; they are kept", stacklevel=3)
+        unscored = self._unscored()
         cands = [
             u for u in live
             if u.name not in self.never and u.name in scores and u.name not in bad
-            # also with a target, where the scores only order the candidates: at the first boundaries every
-            # unit's drop moves many predictions, and a refused check spends the budget the later ones need
-            # (docs/method.md, the budget knob)
-            and len(self.tracker.changes[u.name]) >= self.window
+            and (unscored or len(self.tracker.changes[u.name]) >= self.window)
             and self.backoff.get(u.name, (0, 1))[0] <= step
             and (self.target_speedup is not None or self._stopped_learning(scores[u.name]))
         ]
@@ -552,6 +550,13 @@ class LearnAndDrop(Policy):
             else:
                 self.tracker.forget(name)
         return chosen
+
+    def _unscored(self) -> bool:
+        """Whether candidates need no scores: with a target the scores only order them, and by position not
+        even that (the earlier a unit goes, the longer the rest of the network adapts to its absence). By
+        cost they wait for ``window`` scores: at the first boundaries every unit's drop moves many
+        predictions, and a refused check spends the budget the later ones need (docs/method.md, the knob)."""
+        return self.target_speedup is not None and self.order == "position"
 
     def _pays(self, units: Sequence, step: int, screened: bool) -> bool:
         """Whether dropping ``units`` now could save more forward rows to the end of the run than the

@@ -424,3 +424,23 @@ def test_position_order_screens_only_the_units_a_set_could_hold(monkeypatch, ord
     assert calls[0] == screened and len(chosen) == 3
     if order == "position":
         assert chosen == ["layer1.0", "layer1.1", "layer2.1"]
+
+
+@pytest.mark.parametrize("order, first", [("cost", 4), ("position", 1)])
+def test_position_order_with_a_target_drops_without_waiting_for_scores(order, first):
+    # with a target, by cost the candidates wait for `window` (4) scores, the first of which comes at the
+    # first boundary; by position the scores rank nothing, so the earliest units may go from that boundary
+    pol = fxdrop.LearnAndDrop(interval=1, window=4, target_speedup=1.3, target_measure="flops", total_steps=100,
+                              check=False, order=order)
+    net, x = _net(pol)
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    drops = []
+    for step in range(1, 6):
+        opt.zero_grad()
+        net(x).sum().backward()
+        opt.step()
+        drops += [(step, n) for n in net.step()]
+    assert drops[0][0] == first and len(drops) == 3
+    if order == "position":
+        assert [n for _, n in drops] == ["layer1.0", "layer1.1", "layer2.1"]

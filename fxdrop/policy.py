@@ -258,6 +258,7 @@ class LearnAndDrop(Policy):
         # forward rows the drops saved so far (3 per training row times the share of FLOPs not run):
         # ``reinvest`` of them may pay for more checks, so a run that drops early can afford to check more
         self.saved_rows, self._rows_since = 0.0, 0
+        self.free_rows = 0.0  # check rows run outside the budget (counted in check_rows too)
         self.probe = Probe(probe_batches, probe_samples)
         self._set_interval(interval)  # and the held batches' stride
         # held-out batches the checks run on instead of held training batches (taken from check_data at the
@@ -313,14 +314,14 @@ class LearnAndDrop(Policy):
             return max(self.shock, self.churn or 0.0)
         return self.shock
 
-    def _measure_churn(self, step: int) -> None:
+    def _measure_churn(self, step: int, budgeted: bool = True) -> None:
         """Predict the fixed churn rows (the first ``_CHURN_ROWS`` rows of the first held batch, kept for
         the run) with the current graph; where the graph is the one of the previous boundary, :attr:`churn` becomes the share of rows whose
         prediction changed since (a drop or restore in between would count its own shock as churn: the
         previous value stays, the rows are predicted afresh). The forward counts as a check and runs only
-        where it fits the check budget, so it never keeps a check from running; a churn is measured only
-        between consecutive boundaries (after a skipped one the rows are predicted afresh), so where the
-        budget cannot pay for it the bound stays ``shock``."""
+        where it fits the check budget (unless not ``budgeted``), so it never keeps a check from running; a
+        churn is measured only between consecutive boundaries, or from step 1 to the first (after a skipped
+        one the rows are predicted afresh), so where the budget cannot pay for it the bound stays ``shock``."""
         assert self.net is not None
         held = self.checks_on
         if not len(held):
@@ -333,14 +334,16 @@ class LearnAndDrop(Policy):
             batch = tree_map(lambda v: copy_rows(v, _CHURN_ROWS), (args, kwargs))
         graph = self._train_graph()
         cost = leading_rows(*batch) * self._fraction(graph)
-        if self.check_rows + cost > self.check_allowance(step):
+        if budgeted and self.check_rows + cost > self.check_allowance(step):
             return
         pred = predictions(self.net.model, graph, batch)
         self.check_rows += cost
+        if not budgeted:
+            self.free_rows += cost
         if pred is None:
             return
         dropped = sorted(u.name for u in self.net.units if u.dropped)
-        if (last is not None and last["graph"] == dropped and last.get("step") == step - self.interval
+        if (last is not None and last["graph"] == dropped and step - self.interval <= last.get("step", -1) < step
                 and len(last["pred"]) == len(pred)):
             self.churns.append((step, float((pred != last["pred"]).float().mean())))
         self._churn_at = {"batch": batch, "pred": pred, "graph": dropped, "step": step}
@@ -372,8 +375,10 @@ class LearnAndDrop(Policy):
         return self.check_rows <= self.check_allowance(step)
 
     def check_allowance(self, step: int | None = None) -> float:
-        """The forward rows checks may have run by ``step`` (:meth:`check_allowed`; docs/method.md)."""
-        return self.check_budget * 3 * self.train_rows + self.reinvest * (self.saved_rows + self.future_savings(step))
+        """The forward rows checks may have run by ``step`` (:meth:`check_allowed`; docs/method.md), besides
+        the ones run outside the budget (``free_rows``: the first interval's churn, :meth:`_decide`)."""
+        return (self.check_budget * 3 * self.train_rows + self.reinvest * (self.saved_rows + self.future_savings(step))
+                + self.free_rows)
 
     def future_savings(self, step: int | None) -> float:
         """Forward rows the units dropped for good will save from ``step`` to ``total_steps`` (0 when the
@@ -473,6 +478,14 @@ class LearnAndDrop(Policy):
         self._time_step(frac)
         self.saved_rows += 3 * self._rows_since * (1.0 - frac)
         self._rows_since = 0
+        first = self._unscored() and step <= self.interval
+        if (step == 1 and first and self.interval > 1 and self.check and self.follow_churn and not self.restored
+                and self._shock_allowed()):
+            # candidates may go at the first boundary, before two boundaries could measure a churn: their
+            # bound is then what the first interval of training moved, from the predictions after step 1
+            # (this forward of the churn rows and the boundary's are counted, outside the budget, which is
+            # near nothing yet)
+            self._measure_churn(step, budgeted=False)
         if step % self.interval:
             return []
         self._restored_now = []
@@ -480,7 +493,7 @@ class LearnAndDrop(Policy):
         # where they need none), until a restore makes the bound ``shock`` for good (:meth:`shock_bound`)
         if (self.check and self.follow_churn and not self.restored and self._shock_allowed()
                 and step >= (1 if self._unscored() else self.window - 1) * self.interval):
-            self._measure_churn(step)
+            self._measure_churn(step, budgeted=not first)
         live = self.live()
         lr = self._lr_sum / self._lr_n if self._lr_n else 1.0
         self._lr_sum, self._lr_n = 0.0, 0
@@ -840,6 +853,7 @@ class LearnAndDrop(Policy):
         sd["check_seconds"] = self.check_seconds
         sd["rows"] = (self.train_rows, self.check_rows)
         sd["saved_rows"] = (self.saved_rows, self._rows_since)
+        sd["free_rows"] = self.free_rows
         sd["probation"] = dict(self.on_probation)
         sd["restored"] = [[s, list(n)] for s, n in self.restored]
         sd["step_times"] = {k: list(v) for k, v in self.step_times.items()}
@@ -864,6 +878,7 @@ class LearnAndDrop(Policy):
         self.train_rows, self.check_rows = int(rows), float(checks)
         saved, since = sd.get("saved_rows", (0.0, 0))
         self.saved_rows, self._rows_since = float(saved), int(since)
+        self.free_rows = float(sd.get("free_rows", 0.0))
         self.on_probation = {k: int(v) for k, v in sd.get("probation", {}).items()}
         self.restored = [(int(s), list(n)) for s, n in sd.get("restored", [])]
         self.step_times = {k: [float(t) for t in v] for k, v in sd.get("step_times", {}).items()}

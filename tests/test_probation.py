@@ -444,3 +444,25 @@ def test_position_order_with_a_target_drops_without_waiting_for_scores(order, fi
     assert drops[0][0] == first and len(drops) == 3
     if order == "position":
         assert [n for _, n in drops] == ["layer1.0", "layer1.1", "layer2.1"]
+
+
+@pytest.mark.parametrize("order", ["position", "cost"])
+def test_position_order_with_a_target_bounds_the_first_boundary_by_the_first_interval_churn(monkeypatch, order):
+    # by position with a target, candidates may go at the first boundary (step 4): the churn rows are predicted
+    # after step 1 and at step 4, outside a budget that could pay for neither, and 2 of 4 moved: the bound is
+    # max(0.05, 0.5), so a screen of 0.3 passes. By cost nothing is measured before step (window - 1) * 4
+    preds = iter([torch.tensor([0, 0, 0, 0]), torch.tensor([1, 1, 0, 0])])
+    monkeypatch.setattr(fxdrop.policy, "predictions", lambda model, graph, batch, seed=0: next(preds))
+    _scripted_costs(monkeypatch, [[0.3] * 5, [0.3], [0.3]])
+    pol = Scripted(_table([0.2] * 5), interval=4, warmup=0, check_budget=1e-9, total_steps=400, follow_churn=True,
+                   target_speedup=1.05, target_measure="flops", order=order)
+    net, x = _net(pol)
+    _hold(net, x)
+    net.steps = 0
+    got = [net.step() for _ in range(4)]
+    if order == "cost":
+        assert pol.churns == [] and got == [[]] * 4  # the screen (0.3) runs, against 0.05
+        return
+    assert pol.churns == [(4, 0.5)] and pol.shock_bound() == 0.5
+    assert pol.free_rows == 8.0 and pol.check_rows > pol.free_rows  # 4 rows, twice; then the screen and sets
+    assert got == [[], [], [], ["layer1.0"]]

@@ -160,7 +160,9 @@ class LearnAndDrop(Policy):
     measured, much faster where the network has units to spare, and a point or two lost where every block
     matters. ``order`` ranks the units that passed the screen into the sets tried: ``"cost"`` (default)
     cheapest measured shock per FLOP first, ``"position"`` (opt-in, exploratory) earliest in the graph first,
-    and then only the earliest candidates that a set could hold (the target, the caps) are screened.
+    and then only the earliest candidates that a set could hold (the target, the caps) are screened; with a
+    target they need no scores, so units may go from the first boundary, whose bound with ``follow_churn``
+    is the share of predictions the first interval of training moved.
     """
 
     def __init__(

@@ -378,8 +378,15 @@ class LearnAndDrop(Policy):
 
     def check_allowance(self, step: int | None = None) -> float:
         """The forward rows checks may have run by ``step`` (:meth:`check_allowed`; docs/method.md), besides
-        the ones run outside the budget (``free_rows``: the first interval's churn, :meth:`_decide`)."""
-        return (self.check_budget * 3 * self.train_rows + self.reinvest * (self.saved_rows + self.future_savings(step))
+        the ones run outside the budget (``free_rows``: the first interval's churn, :meth:`_decide`); by
+        position with a target and ``total_steps`` known, the base budget counts the whole run from step 1."""
+        rows = self.train_rows
+        if self._unscored() and self.total_steps is not None and self.net is not None and self.net.steps:
+            # by position with a target, units may go from the first boundary, where a drop saves the most: the
+            # whole run's base budget is there from the start (else a refused first screen, which costs more
+            # than the first steps' 2.5%, keeps every check waiting for dozens of steps)
+            rows = max(rows, self.train_rows / self.net.steps * self.total_steps)
+        return (self.check_budget * 3 * rows + self.reinvest * (self.saved_rows + self.future_savings(step))
                 + self.free_rows)
 
     def future_savings(self, step: int | None) -> float:

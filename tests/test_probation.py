@@ -466,3 +466,18 @@ def test_position_order_with_a_target_bounds_the_first_boundary_by_the_first_int
     assert pol.churns == [(4, 0.5)] and pol.shock_bound() == 0.5
     assert pol.free_rows == 8.0 and pol.check_rows > pol.free_rows  # 4 rows, twice; then the screen and sets
     assert got == [[], [], [], ["layer1.0"]]
+
+
+@pytest.mark.parametrize("order, target", [("position", 2.0), ("position", None), ("cost", 2.0)])
+def test_position_order_with_a_target_has_the_whole_runs_budget_from_the_start(order, target):
+    # 10 steps of 4 rows out of 100: check_budget 2.5% of 3 forward rows per training row is 3 rows so far,
+    # 30 for the whole run; by position with a target the whole run's is there from the start
+    pol = fxdrop.LearnAndDrop(total_steps=100, order=order, target_speedup=target, target_measure="flops")
+    net, x = _net(pol)
+    net.train()
+    for _ in range(10):
+        net(x)
+        net.step()
+    assert pol.train_rows == 40 and pol.saved_rows == 0.0
+    expected = 30.0 if order == "position" and target else 3.0
+    assert pol.check_allowance(10) == pytest.approx(expected)

@@ -488,12 +488,12 @@ class LearnAndDrop(Policy):
         self.saved_rows += 3 * self._rows_since * (1.0 - frac)
         self._rows_since = 0
         first = self._unscored() and step <= self.interval
-        if (step == 1 and first and self.interval > 1 and self.check and self.follow_churn and not self.restored
-                and self._shock_allowed()):
+        if (first and step < self.interval and self._churn_at is None and self.check and self.follow_churn
+                and not self.restored and self._shock_allowed()):
             # candidates may go at the first boundary, before two boundaries could measure a churn: their
-            # bound is then what the first interval of training moved, from the predictions after step 1
-            # (this forward of the churn rows and the boundary's are counted, outside the budget, which is
-            # near nothing yet)
+            # bound is then what the first interval of training moved, from the predictions at the first step
+            # with a labelled batch held (step 1, or the held batches' stride) (this forward of the churn rows
+            # and the boundary's are counted, outside the budget, which is near nothing yet)
             self._measure_churn(step, budgeted=False)
         if step % self.interval:
             return []

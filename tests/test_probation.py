@@ -481,3 +481,20 @@ def test_position_order_with_a_target_has_the_whole_runs_budget_from_the_start(o
     assert pol.train_rows == 40 and pol.saved_rows == 0.0
     expected = 30.0 if order == "position" and target else 3.0
     assert pol.check_allowance(10) == pytest.approx(expected)
+
+
+def test_first_interval_churn_waits_for_the_first_held_batch():
+    # interval 8 holds a batch every 2 steps (4 held batches per interval): none at step 1, so the first
+    # interval's churn rows are predicted at step 2, and the first boundary has a churn to bound its drops by
+    pol = fxdrop.LearnAndDrop(interval=8, total_steps=200, target_speedup=1.2, target_measure="flops",
+                              follow_churn=True, order="position")
+    net, x = _net(pol)
+    net.train()
+    y = torch.arange(len(x)) % 10
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    for _ in range(8):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        net.step(targets=y)
+    assert pol.probe.steps[0] == 2 and [s for s, _ in pol.churns] == [8] and pol.free_rows > 0

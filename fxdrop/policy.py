@@ -322,8 +322,8 @@ class LearnAndDrop(Policy):
         prediction changed since (a drop or restore in between would count its own shock as churn: the
         previous value stays, the rows are predicted afresh). The forward counts as a check and runs only
         where it fits the check budget (unless not ``budgeted``), so it never keeps a check from running; a
-        churn is measured only between consecutive boundaries, or from step 1 to the first (after a skipped
-        one the rows are predicted afresh), so where the budget cannot pay for it the bound stays ``shock``."""
+        churn is measured only between consecutive boundaries, or from the first step with a labelled held batch
+        to the first boundary (after a skipped one the rows are predicted afresh), so where the budget cannot pay for it the bound stays ``shock``."""
         assert self.net is not None
         held = self.checks_on
         if not len(held):
@@ -487,7 +487,8 @@ class LearnAndDrop(Policy):
         self._time_step(frac)
         self.saved_rows += 3 * self._rows_since * (1.0 - frac)
         self._rows_since = 0
-        first = self._unscored() and step <= self.interval
+        unscored = self._unscored()
+        first = unscored and step <= self.interval
         if (first and step < self.interval and self._churn_at is None and self.check and self.follow_churn
                 and not self.restored and self._shock_allowed()):
             # candidates may go at the first boundary, before two boundaries could measure a churn: their
@@ -501,7 +502,7 @@ class LearnAndDrop(Policy):
         # from the boundary before the first candidates can have their window of scores on (or from the first
         # where they need none), until a restore makes the bound ``shock`` for good (:meth:`shock_bound`)
         if (self.check and self.follow_churn and not self.restored and self._shock_allowed()
-                and step >= (1 if self._unscored() else self.window - 1) * self.interval):
+                and step >= (1 if unscored else self.window - 1) * self.interval):
             self._measure_churn(step, budgeted=not first)
         live = self.live()
         lr = self._lr_sum / self._lr_n if self._lr_n else 1.0
@@ -535,7 +536,6 @@ class LearnAndDrop(Policy):
         bad = [n for n, s in scores.items() if not math.isfinite(s.get("continuation", math.nan))]
         if bad:
             warnings.warn(f"fxdrop: non-finite scores for units {bad} at step {step}; they are kept", stacklevel=3)
-        unscored = self._unscored()
         cands = [
             u for u in live
             if u.name not in self.never and u.name in scores and u.name not in bad
@@ -543,12 +543,13 @@ class LearnAndDrop(Policy):
             and self.backoff.get(u.name, (0, 1))[0] <= step
             and (self.target_speedup is not None or self._stopped_learning(scores[u.name]))
         ]
-        cands.sort(key=lambda u: scores[u.name]["continuation"])
         if self.order == "position":
             # the sets are then the earliest passing units, as many as fit (the target, the caps): a unit no
             # set could hold is not screened, since its check would only spend the budget later choices need
             cands.sort(key=lambda u: self._position[u.name])
             cands = cands[:self._longest_fit(cands, step)]
+        else:
+            cands.sort(key=lambda u: scores[u.name]["continuation"])
         if self.check and cands and not self.check_allowed(step):
             # checks used their share of the compute: the candidates wait for a later boundary
             log.info("fxdrop: step %d: checks ran %.0f forward rows, over their budget of %.0f; %s wait",

@@ -162,7 +162,11 @@ class LearnAndDrop(Policy):
     cheapest measured shock per FLOP first, ``"position"`` (opt-in, exploratory) earliest in the graph first,
     and then only the earliest candidates that a set could hold (the target, the caps) are screened; with a
     target they need no scores, so units may go from the first boundary, whose bound with ``follow_churn``
-    is the share of predictions the first interval of training moved.
+    is the share of predictions the first interval of training moved. ``min_speedup`` (opt-in, at most
+    ``target_speedup``) is a floor rather than a cap: until the run's predicted speed-up reaches it, units are
+    chosen as by position with that target (from the first boundary, with the first interval's churn as the
+    bound, checked and on probation), and from then on by the scored rule above, so units that stopped
+    learning still go beyond it.
     """
 
     def __init__(
@@ -180,6 +184,7 @@ class LearnAndDrop(Policy):
         stop: float | None = None,
         tolerance: float = 0.01,
         target_speedup: float | None = None,
+        min_speedup: float | None = None,
         check: bool = True,
         probe_batches: int = 4,
         probe_samples: int = 128,
@@ -217,6 +222,9 @@ class LearnAndDrop(Policy):
             ("tolerance", tolerance, _num(tolerance) and 0 <= tolerance <= 1, "in [0, 1]"),
             ("target_speedup", target_speedup, target_speedup is None or (_num(target_speedup) and target_speedup >= 1),
              "None or a number >= 1"),
+            ("min_speedup", min_speedup, min_speedup is None or (
+                _num(min_speedup) and min_speedup >= 1 and (target_speedup is None or min_speedup <= target_speedup)),
+             "None or a number >= 1 (at most target_speedup)"),
             ("check", check, isinstance(check, bool), "True or False"),
             ("probe_batches", probe_batches, isinstance(probe_batches, int) and probe_batches >= 1, "an int >= 1"),
             ("probe_samples", probe_samples, isinstance(probe_samples, int) and probe_samples >= 1, "an int >= 1"),
@@ -245,6 +253,10 @@ class LearnAndDrop(Policy):
         self.plateau, self.threshold, self.horizon, self.total_steps = plateau, threshold, horizon, total_steps
         self.max_drop_fraction, self.max_drops_per_event = max_drop_fraction, max_drops_per_event
         self.stop, self.tolerance, self.target_speedup = stop, tolerance, target_speedup
+        self.min_speedup = min_speedup
+        # how the choice being made ranks and caps its sets (set by :meth:`_decide` before it chooses): below
+        # ``min_speedup`` by position up to it, else by ``order`` up to ``target_speedup``
+        self._by_position, self._aim = order == "position", target_speedup
         self.check, self.recalibrate, self.final_fraction = check, recalibrate, final_fraction
         self.check_budget, self.reinvest = check_budget, reinvest
         self.probation = probation if action == "drop" else 0  # a frozen unit still runs: nothing to recover
@@ -270,6 +282,7 @@ class LearnAndDrop(Policy):
         # moved (measured at boundaries between which the graph did not change); with follow_churn the
         # shock bound is at least that (a drop may move as much as training moves anyway)
         self.follow_churn = follow_churn
+        self._floor = False  # whether the choice being made is below min_speedup (:meth:`_below_floor`)
         self.churns: list[tuple[int, float]] = []  # (step, churn) of every measurement
         self._churn_at: dict | None = None  # {"batch", "pred", "graph", "step"} of the last measurement
         self.tracker: ScoreTracker | None = None
@@ -311,8 +324,9 @@ class LearnAndDrop(Policy):
         or with ``follow_churn`` the share one interval of training last moved, if larger, until a cohort
         has been restored: a restore is the run's own evidence that its units are not spare (a lasting cost
         above the tolerance), and trials as large as training's churn then cost more than they can save
-        (ResNet-20 / Fashion-MNIST, docs/results.md), so from then on ``shock`` alone."""
-        if self.follow_churn and not self.restored:
+        (ResNet-20 / Fashion-MNIST, docs/results.md), so from then on ``shock`` alone. Below ``min_speedup``
+        (:meth:`_below_floor`) the same holds without ``follow_churn``."""
+        if (self.follow_churn or self._floor) and not self.restored:
             return max(self.shock, self.churn or 0.0)
         return self.shock
 
@@ -378,10 +392,11 @@ class LearnAndDrop(Policy):
 
     def check_allowance(self, step: int | None = None) -> float:
         """The forward rows checks may have run by ``step`` (:meth:`check_allowed`; docs/method.md), besides
-        the ones run outside the budget (``free_rows``: the first interval's churn, :meth:`_decide`); by
-        position with a target and ``total_steps`` known, the base budget counts the whole run from step 1."""
+        the ones run outside the budget (``free_rows``: the first interval's churn, :meth:`_decide`); where
+        units may go from the first boundary (:meth:`_early`) and ``total_steps`` is known, the base budget
+        counts the whole run from step 1."""
         rows = self.train_rows
-        if self._unscored() and self.total_steps is not None and self.net is not None and self.net.steps:
+        if self._early() and self.total_steps is not None and self.net is not None and self.net.steps:
             # by position with a target, units may go from the first boundary, where a drop saves the most: the
             # whole run's base budget is there from the start (else a refused first screen, which costs more
             # than the first steps' 2.5%, keeps every check waiting for dozens of steps)
@@ -407,12 +422,14 @@ class LearnAndDrop(Policy):
         for u in net.units:
             if u.dropped or u.frozen:
                 self.tracker.forget(u.name)
-        if self.target_speedup is not None and net.units:
+        wanted = self.target_speedup if self.target_speedup is not None else self.min_speedup
+        if wanted is not None and net.units:
             reach = self.reachable_speedup()
-            if reach < self.target_speedup:
+            if reach < wanted:
                 hint = ("; wrap(..., projections=True) makes downsampling blocks' branches units too"
                         if not net.projections else "")
-                warnings.warn(f"fxdrop: target_speedup={self.target_speedup:g} is out of reach: the units that may go "
+                what = "target_speedup" if self.target_speedup is not None else "min_speedup"
+                warnings.warn(f"fxdrop: {what}={wanted:g} is out of reach: the units that may go "
                               f"make {1 - 1 / reach:.0%} of the forward FLOPs, at most {reach:.2f}x even if all were "
                               f"dropped at the first step (max_drop_fraction={self.max_drop_fraction:g}){hint}",
                               stacklevel=3)
@@ -487,9 +504,13 @@ class LearnAndDrop(Policy):
         self._time_step(frac)
         self.saved_rows += 3 * self._rows_since * (1.0 - frac)
         self._rows_since = 0
-        unscored = self._unscored()
+        floor = self._floor = self._below_floor(step)
+        unscored = floor or self._unscored()
+        self._by_position = floor or self.order == "position"
+        self._aim = self.min_speedup if floor else self.target_speedup
         first = unscored and step <= self.interval
-        if (first and step < self.interval and self._churn_at is None and self.check and self.follow_churn
+        follow = self.follow_churn or floor
+        if (first and step < self.interval and self._churn_at is None and self.check and follow
                 and not self.restored and self._shock_allowed()):
             # candidates may go at the first boundary, before two boundaries could measure a churn: their
             # bound is then what the first interval of training moved, from the predictions at the first step
@@ -501,7 +522,7 @@ class LearnAndDrop(Policy):
         self._restored_now = []
         # from the boundary before the first candidates can have their window of scores on (or from the first
         # where they need none), until a restore makes the bound ``shock`` for good (:meth:`shock_bound`)
-        if (self.check and self.follow_churn and not self.restored and self._shock_allowed()
+        if (self.check and follow and not self.restored and self._shock_allowed()
                 and step >= (1 if unscored else self.window - 1) * self.interval):
             self._measure_churn(step, budgeted=not first)
         live = self.live()
@@ -541,9 +562,9 @@ class LearnAndDrop(Policy):
             if u.name not in self.never and u.name in scores and u.name not in bad
             and (unscored or len(self.tracker.changes[u.name]) >= self.window)
             and self.backoff.get(u.name, (0, 1))[0] <= step
-            and (self.target_speedup is not None or self._stopped_learning(scores[u.name]))
+            and (self._aim is not None or self._stopped_learning(scores[u.name]))
         ]
-        if self.order == "position":
+        if self._by_position:
             # the sets are then the earliest passing units, as many as fit (the target, the caps): a unit no
             # set could hold is not screened, since its check would only spend the budget later choices need
             cands.sort(key=lambda u: self._position[u.name])
@@ -573,6 +594,18 @@ class LearnAndDrop(Policy):
             else:
                 self.tracker.forget(name)
         return chosen
+
+    def _below_floor(self, step: int) -> bool:
+        """Whether the run's predicted speed-up (:meth:`predicted_speedup`) is below ``min_speedup``: units
+        are then chosen as by position with that target (earliest first, no scores needed, from the first
+        boundary, the shock bound at least training's churn) until it is reached; past it, by the scored
+        rule and ``order``."""
+        return self.min_speedup is not None and self.predicted_speedup(step) < self.min_speedup
+
+    def _early(self) -> bool:
+        """Whether units may go from the first boundary, needing no scores (:meth:`_unscored`, or
+        ``min_speedup`` set): the check budget then counts the whole run from the start."""
+        return self._unscored() or self.min_speedup is not None
 
     def _unscored(self) -> bool:
         """Whether candidates need no scores: with a target the scores only order them, and by position not
@@ -728,14 +761,15 @@ class LearnAndDrop(Policy):
 
     def _fits(self, units: Sequence, step: int) -> bool:
         """Whether dropping ``units`` (besides what is gone) respects the caps and does not overshoot
-        a speed-up target already met without the last of them."""
+        the speed-up the choice aims at (``target_speedup``, or ``min_speedup`` below it) already met without
+        the last of them."""
         assert self.net is not None
         if self._share([*self._gone(), *units]) > self.max_drop_fraction + 1e-12:
             return False
         if self.max_drops_per_event is not None and len(units) > self.max_drops_per_event:
             return False
-        if self.target_speedup is not None and len(units) > 1:
-            return self.predicted_speedup(step, sum(u.flops for u in units[:-1])) < self.target_speedup
+        if self._aim is not None and len(units) > 1:
+            return self.predicted_speedup(step, sum(u.flops for u in units[:-1])) < self._aim
         return True
 
     def _longest_fit(self, units: Sequence, step: int) -> int:
@@ -811,7 +845,7 @@ class LearnAndDrop(Policy):
             log.info("fxdrop: step %d: %s passed the screen but could not save what the rest of their checks "
                      "costs before step %d; kept", step, [u.name for u, _ in ok], self.total_steps)
             return []
-        if self.order == "cost":  # cheapest per FLOP first; by position they came in graph order (_decide)
+        if not self._by_position:  # cheapest per FLOP first; by position they came in graph order (_decide)
             ok.sort(key=lambda uc: (max(price(uc[1]), 0.0) + 1e-6) / max(uc[0].flops, 1))
         sets: list[list] = []
         for u, _ in ok:

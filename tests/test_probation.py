@@ -426,12 +426,14 @@ def test_position_order_screens_only_the_units_a_set_could_hold(monkeypatch, ord
         assert chosen == ["layer1.0", "layer1.1", "layer2.1"]
 
 
-@pytest.mark.parametrize("order, first", [("cost", 4), ("position", 1)])
-def test_position_order_with_a_target_drops_without_waiting_for_scores(order, first):
+@pytest.mark.parametrize("order, first, knob", [("cost", 4, "target_speedup"), ("position", 1, "target_speedup"),
+                                                ("cost", 1, "min_speedup")])
+def test_position_order_with_a_target_drops_without_waiting_for_scores(order, first, knob):
     # with a target, by cost the candidates wait for `window` (4) scores, the first of which comes at the
-    # first boundary; by position the scores rank nothing, so the earliest units may go from that boundary
-    pol = fxdrop.LearnAndDrop(interval=1, window=4, target_speedup=1.3, target_measure="flops", total_steps=100,
-                              check=False, order=order)
+    # first boundary; by position the scores rank nothing, so the earliest units may go from that boundary;
+    # below min_speedup units go as by position, whatever `order`
+    pol = fxdrop.LearnAndDrop(interval=1, window=4, target_measure="flops", total_steps=100, check=False,
+                              order=order, **{knob: 1.3})
     net, x = _net(pol)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -441,9 +443,34 @@ def test_position_order_with_a_target_drops_without_waiting_for_scores(order, fi
         net(x).sum().backward()
         opt.step()
         drops += [(step, n) for n in net.step()]
+    if knob == "min_speedup":  # past it, the scored rule: layer3.1 and layer4.1 stopped learning by step 4
+        assert drops[3:] == [(4, "layer3.1"), (4, "layer4.1")]
+        drops = drops[:3]
     assert drops[0][0] == first and len(drops) == 3
-    if order == "position":
+    if first == 1:
         assert [n for _, n in drops] == ["layer1.0", "layer1.1", "layer2.1"]
+
+
+def test_min_speedup_drops_the_earliest_units_up_to_it_then_what_stopped_learning():
+    # scores: only layer3.1 stopped learning (plateau 0.2 <= 0.5). Below min_speedup=1.05 (FLOPs, over the
+    # 100-step run) the earliest units go, as many as reach it, whatever their scores; from then on only
+    # units that stopped learning, cheapest first, with no cap; a target alone stops at it instead
+    def run(**kw):
+        pol = Scripted(_table([1.0, 1.0, 1.0, 0.2, 1.0]), interval=1, warmup=0, total_steps=100, check=False,
+                       target_measure="flops", **kw)
+        net, _ = _net(pol)
+        got = []
+        for step in (1, 2):
+            got.append(pol.decide(step))
+            net.drop(*got[-1])
+        return pol, got
+
+    pol, got = run(min_speedup=1.05)
+    assert got == [["layer1.0"], ["layer3.1"]] and not pol._below_floor(2)
+    assert run(target_speedup=1.05, order="position")[1] == [["layer1.0"], []]
+    assert run()[1] == [["layer3.1"], []]
+    with pytest.raises(ValueError, match="min_speedup must be None or a number >= 1 \\(at most target_speedup\\)"):
+        fxdrop.LearnAndDrop(min_speedup=2.0, target_speedup=1.5)
 
 
 @pytest.mark.parametrize("order", ["position", "cost"])

@@ -162,8 +162,8 @@ class LearnAndDrop(Policy):
     cheapest measured shock per FLOP first, ``"position"`` (opt-in, exploratory) earliest in the graph first,
     and then only the earliest candidates that a set could hold (the target, the caps) are screened; with a
     target they need no scores, so units may go from the first boundary, whose bound with ``follow_churn``
-    is the share of predictions the first interval of training moved. ``min_speedup`` (opt-in, at most
-    ``target_speedup``) is a floor rather than a cap: until the run's predicted speed-up reaches it, units are
+    is the share of predictions the first interval of training moved. ``min_speedup`` (opt-in; above
+    ``target_speedup`` it is ``target_speedup``) is a floor rather than a cap: until the run's predicted speed-up reaches it, units are
     chosen as by position with that target (from the first boundary, with the first interval's churn as the
     bound, checked and on probation), and from then on by the scored rule above, so units that stopped
     learning still go beyond it.
@@ -222,9 +222,8 @@ class LearnAndDrop(Policy):
             ("tolerance", tolerance, _num(tolerance) and 0 <= tolerance <= 1, "in [0, 1]"),
             ("target_speedup", target_speedup, target_speedup is None or (_num(target_speedup) and target_speedup >= 1),
              "None or a number >= 1"),
-            ("min_speedup", min_speedup, min_speedup is None or (
-                _num(min_speedup) and min_speedup >= 1 and (target_speedup is None or min_speedup <= target_speedup)),
-             "None or a number >= 1 (at most target_speedup)"),
+            ("min_speedup", min_speedup, min_speedup is None or (_num(min_speedup) and min_speedup >= 1),
+             "None or a number >= 1"),
             ("check", check, isinstance(check, bool), "True or False"),
             ("probe_batches", probe_batches, isinstance(probe_batches, int) and probe_batches >= 1, "an int >= 1"),
             ("probe_samples", probe_samples, isinstance(probe_samples, int) and probe_samples >= 1, "an int >= 1"),
@@ -253,7 +252,9 @@ class LearnAndDrop(Policy):
         self.plateau, self.threshold, self.horizon, self.total_steps = plateau, threshold, horizon, total_steps
         self.max_drop_fraction, self.max_drops_per_event = max_drop_fraction, max_drops_per_event
         self.stop, self.tolerance, self.target_speedup = stop, tolerance, target_speedup
-        self.min_speedup = min_speedup
+        # a floor above the cap is the cap: drop up to target_speedup, earliest first, then nothing more
+        self.min_speedup = min_speedup if min_speedup is None or target_speedup is None else min(
+            min_speedup, target_speedup)
         # how the choice being made ranks and caps its sets (set by :meth:`_decide` before it chooses): below
         # ``min_speedup`` by position up to it, else by ``order`` up to ``target_speedup``
         self._by_position, self._aim = order == "position", target_speedup
@@ -422,14 +423,12 @@ class LearnAndDrop(Policy):
         for u in net.units:
             if u.dropped or u.frozen:
                 self.tracker.forget(u.name)
-        wanted = self.target_speedup if self.target_speedup is not None else self.min_speedup
-        if wanted is not None and net.units:
+        if self.target_speedup is not None and net.units:  # a floor is sought as far as it can go, unwarned
             reach = self.reachable_speedup()
-            if reach < wanted:
+            if reach < self.target_speedup:
                 hint = ("; wrap(..., projections=True) makes downsampling blocks' branches units too"
                         if not net.projections else "")
-                what = "target_speedup" if self.target_speedup is not None else "min_speedup"
-                warnings.warn(f"fxdrop: {what}={wanted:g} is out of reach: the units that may go "
+                warnings.warn(f"fxdrop: target_speedup={self.target_speedup:g} is out of reach: the units that may go "
                               f"make {1 - 1 / reach:.0%} of the forward FLOPs, at most {reach:.2f}x even if all were "
                               f"dropped at the first step (max_drop_fraction={self.max_drop_fraction:g}){hint}",
                               stacklevel=3)

@@ -55,7 +55,7 @@ class Scripted(fxdrop.LearnAndDrop):
     """LearnAndDrop whose scores are fed by the test (the decision rule in isolation)."""
 
     def __init__(self, table, **kw):
-        super().__init__(**kw)
+        super().__init__(**{"min_speedup": None, **kw})  # the scored rule alone, without the default floor
         self.table = table
 
     def bind(self, net):

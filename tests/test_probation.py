@@ -433,7 +433,7 @@ def test_position_order_with_a_target_drops_without_waiting_for_scores(order, fi
     # first boundary; by position the scores rank nothing, so the earliest units may go from that boundary;
     # below min_speedup units go as by position, whatever `order`
     pol = fxdrop.LearnAndDrop(interval=1, window=4, target_measure="flops", total_steps=100, check=False,
-                              order=order, **{knob: 1.3})
+                              order=order, **{"min_speedup": None, knob: 1.3})
     net, x = _net(pol)
     net.train()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -500,7 +500,7 @@ def test_position_order_with_a_target_bounds_the_first_boundary_by_the_first_int
 def test_position_order_with_a_target_has_the_whole_runs_budget_from_the_start(order, target):
     # 10 steps of 4 rows out of 100: check_budget 2.5% of 3 forward rows per training row is 3 rows so far,
     # 30 for the whole run; by position with a target the whole run's is there from the start
-    pol = fxdrop.LearnAndDrop(total_steps=100, order=order, target_speedup=target, target_measure="flops")
+    pol = fxdrop.LearnAndDrop(min_speedup=None, total_steps=100, order=order, target_speedup=target, target_measure="flops")
     net, x = _net(pol)
     net.train()
     for _ in range(10):
@@ -514,7 +514,7 @@ def test_position_order_with_a_target_has_the_whole_runs_budget_from_the_start(o
 def test_first_interval_churn_waits_for_the_first_held_batch():
     # interval 8 holds a batch every 2 steps (4 held batches per interval): none at step 1, so the first
     # interval's churn rows are predicted at step 2, and the first boundary has a churn to bound its drops by
-    pol = fxdrop.LearnAndDrop(interval=8, total_steps=200, target_speedup=1.2, target_measure="flops",
+    pol = fxdrop.LearnAndDrop(min_speedup=None, interval=8, total_steps=200, target_speedup=1.2, target_measure="flops",
                               follow_churn=True, order="position")
     net, x = _net(pol)
     net.train()

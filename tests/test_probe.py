@@ -176,7 +176,7 @@ def _train_steps(net, pol, steps, lr=0.05, seed=0):
 @pytest.mark.parametrize("full", [False, pytest.param(True, marks=pytest.mark.slow, id="resnet18")])
 def test_checked_policy_rejects_costly_drops_and_backs_off(full):
     # tolerance 0: a bypass that changes any prediction is refused; each refusal doubles the wait
-    pol = fxdrop.LearnAndDrop(interval=4, warmup=0, window=2, plateau=1.0, tolerance=0.0, probe_samples=16)
+    pol = fxdrop.LearnAndDrop(min_speedup=None, interval=4, warmup=0, window=2, plateau=1.0, tolerance=0.0, probe_samples=16)
     net = _small_net(pol, full)
     _train_steps(net, pol, 24)
     rejected = [c for c in pol.checks if not c["accepted"]]
@@ -193,7 +193,7 @@ def test_checked_policy_rejects_costly_drops_and_backs_off(full):
 
 
 def test_checked_policy_accepts_within_tolerance_and_recalibrates():
-    pol = fxdrop.LearnAndDrop(interval=4, warmup=0, window=2, plateau=1.0, tolerance=1.0, probe_samples=16,
+    pol = fxdrop.LearnAndDrop(min_speedup=None, interval=4, warmup=0, window=2, plateau=1.0, tolerance=1.0, probe_samples=16,
                               max_drops_per_event=1)
     net = _small_net(pol)
     seen = []
@@ -214,7 +214,7 @@ def test_checked_policy_accepts_within_tolerance_and_recalibrates():
 
 def test_target_speedup_drops_until_the_predicted_speedup_is_reached():
     # target_measure="flops": deterministic (the time model is tested on its own below)
-    pol = fxdrop.LearnAndDrop(interval=2, warmup=0, window=2, plateau=1e-9, tolerance=1.0, target_speedup=1.3,
+    pol = fxdrop.LearnAndDrop(min_speedup=None, interval=2, warmup=0, window=2, plateau=1e-9, tolerance=1.0, target_speedup=1.3,
                               total_steps=40, probe_samples=8, target_measure="flops")
     net = _small_net(pol)
     _train_steps(net, pol, 12)
@@ -288,7 +288,7 @@ def test_step_times_leave_checks_out_and_survive_a_resume(monkeypatch):
 
 @pytest.mark.parametrize("labelled", [False, True])
 def test_checks_run_only_while_the_drops_could_pay_for_them(labelled):
-    pol = fxdrop.LearnAndDrop(interval=2, window=2, plateau=1e-9, total_steps=1000, probe_samples=8)
+    pol = fxdrop.LearnAndDrop(min_speedup=None, interval=2, window=2, plateau=1e-9, total_steps=1000, probe_samples=8)
     net = _small_net(pol)
     _train_steps(net, pol, 8)  # 16 rows a step; 4 held batches of 8 rows
     if labelled:  # on trial: screen on 1 batch, sets on 2, probation check on all 4
@@ -325,7 +325,7 @@ def test_payoff_prices_the_rows_a_choice_runs(labelled, k):
     # what the payoff rule prices before the screen bounds what the choice then runs (screen and sets,
     # counted in check_rows), plus BatchNorm re-estimation and, on trial, the probation check; every unit
     # passes. The screen is priced exactly (each unit's suffix), a set at its earliest unit's: exact for one
-    pol = fxdrop.LearnAndDrop(interval=2, window=2, plateau=1e-9, total_steps=1000, probe_samples=8,
+    pol = fxdrop.LearnAndDrop(min_speedup=None, interval=2, window=2, plateau=1e-9, total_steps=1000, probe_samples=8,
                               tolerance=1.0, shock=1.0)
     net = _small_net(pol)
     _train_steps(net, pol, 8)
@@ -348,7 +348,7 @@ def test_payoff_prices_the_rows_a_choice_runs(labelled, k):
 
 
 def test_no_drop_in_the_final_fraction_when_total_steps_is_known():
-    pol = fxdrop.LearnAndDrop(interval=2, warmup=0, window=2, plateau=1.0, tolerance=1.0, total_steps=20,
+    pol = fxdrop.LearnAndDrop(min_speedup=None, interval=2, warmup=0, window=2, plateau=1.0, tolerance=1.0, total_steps=20,
                               final_fraction=0.5, probe_samples=8)
     net = _small_net(pol)
     pol.max_drop_fraction = 0.0  # nothing fits before the final half ...

@@ -351,10 +351,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ld_options = _parse_ld(args.ld)
     for key, value in (("tolerance", args.tolerance), ("target_speedup", args.target_speedup)):
         ld_options.setdefault(key, value)  # --ld wins over the dedicated options
+    if args.min_speedup is not None:  # not given: LearnAndDrop's own default
+        ld_options.setdefault("min_speedup", args.min_speedup)
     try:
         LearnAndDrop(**ld_options)
     except (ValueError, TypeError) as e:
-        raise UsageError(f"--tolerance/--target-speedup: {e}") from None
+        raise UsageError(f"--tolerance/--target-speedup/--min-speedup: {e}") from None
     data = _load_data(args)
     factory = _model_factory(args.model, data.num_classes)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
@@ -507,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="budget knob: Learn&Drop drops the cheapest units, as early as its checks allow, until "
                    "the run's measured step times predict this speed-up for it (--ld target_measure=flops: the "
                    "forward FLOPs'); default: drop what stopped learning")
+    r.add_argument("--min-speedup", type=_float_in(1, strict=False), default=None, metavar="X",
+                   help="floor: Learn&Drop drops the earliest units, from the first boundary, checked and on "
+                   "probation, until the run's predicted speed-up reaches X, then what stopped learning "
+                   "(default: LearnAndDrop's; --ld min_speedup=None for none)")
     r.add_argument("--projections", action="store_true",
                    help="also drop downsampling blocks' residual branches (their projection shortcut stays): "
                    "fxdrop.wrap(..., projections=True)")

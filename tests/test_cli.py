@@ -69,11 +69,13 @@ def test_cli_units_and_errors(capsys):
 
 def test_cli_user_factory_and_ld_knobs(capsys, one_thread):
     rc = main(["run", "--model", "tests.models:tiny_resnet", "--epochs", "2", "--train-limit", "1024",
-               "--test-limit", "256", "--json", "--no-progress", "--ld", "stop=0.5", "interval=4", "--threads", "1"])
+               "--test-limit", "256", "--json", "--no-progress", "--ld", "stop=0.5", "interval=4", "--threads", "1",
+               "--min-speedup", "1.2"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    # --tolerance and --target-speedup land in the same knobs (their defaults here)
-    assert out["config"]["ld_options"] == {"stop": 0.5, "interval": 4, "tolerance": 0.01, "target_speedup": None}
+    # --tolerance and --target-speedup land in the same knobs (their defaults here), --min-speedup when given
+    assert out["config"]["ld_options"] == {"stop": 0.5, "interval": 4, "tolerance": 0.01, "target_speedup": None,
+                                           "min_speedup": 1.2}
     assert out["runs"][1]["units"] == 2
     assert main(["run", "--ld", "plateau=7", "--no-progress"]) == 2
     assert "plateau must be" in capsys.readouterr().err

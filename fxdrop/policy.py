@@ -123,6 +123,10 @@ class LearnAndDrop(Policy):
     """Drop units that have stopped learning, after checking that dropping them is safe
     (docs/method.md has every definition and default).
 
+    By default (``min_speedup=1.5``) the earliest units go first, from the first boundary, checked and on
+    probation, until the run's predicted speed-up reaches 1.5x; from then on, the units that stopped
+    learning (the scored rule below). ``min_speedup=None`` is the scored rule alone (v7-v13's default).
+
     Every ``interval`` optimizer steps (default: ``total_steps // 30`` capped at 50, or 50 when the length
     of the run is unknown) the learning scores of the live units are updated. From
     ``warmup`` on, a unit with at least ``window`` scores whose plateau ratio is at most ``plateau``
@@ -162,7 +166,7 @@ class LearnAndDrop(Policy):
     cheapest measured shock per FLOP first, ``"position"`` (opt-in, exploratory) earliest in the graph first,
     and then only the earliest candidates that a set could hold (the target, the caps) are screened; with a
     target they need no scores, so units may go from the first boundary, whose bound with ``follow_churn``
-    is the share of predictions the first interval of training moved. ``min_speedup`` (opt-in; above
+    is the share of predictions the first interval of training moved. ``min_speedup`` (default 1.5; above
     ``target_speedup`` it is ``target_speedup``) is a floor rather than a cap: until the run's predicted speed-up reaches it, units are
     chosen as by position with that target (from the first boundary, with the first interval's churn as the
     bound, checked and on probation), and from then on by the scored rule above, so units that stopped
@@ -184,7 +188,7 @@ class LearnAndDrop(Policy):
         stop: float | None = None,
         tolerance: float = 0.01,
         target_speedup: float | None = None,
-        min_speedup: float | None = None,
+        min_speedup: float | None = 1.5,
         check: bool = True,
         probe_batches: int = 4,
         probe_samples: int = 128,

@@ -83,7 +83,8 @@ OPTIONAL = {  # phase-1 arms run only when named in --arms: the knob's two measu
     "l&d, target 2x by FLOPs, churn shock, position": ("learn-and-drop", {
         "target_speedup": 2.0, "target_measure": "flops", "follow_churn": True, "order": "position"}),
     "l&d, churn shock, position": ("learn-and-drop", {"follow_churn": True, "order": "position"}),
-    # a floor instead of a cap: the earliest units up to 1.5x, then the default's scored rule
+    # a floor instead of a cap: the earliest units up to 1.5x, then the scored rule (the default since v14,
+    # so "learn-and-drop" is the same policy from then on; the label the v14 runs were made under)
     "l&d, floor 1.5x": ("learn-and-drop", {"min_speedup": 1.5}),
     "l&d, floor 1.5x by FLOPs": ("learn-and-drop", {"min_speedup": 1.5, "target_measure": "flops"}),
     "l&d, floor 1.5x, no total_steps": ("learn-and-drop", {"min_speedup": 1.5, "total_steps": None}),

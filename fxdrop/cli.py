@@ -508,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--target-speedup", type=_float_in(1, strict=False), default=None, metavar="X",
                    help="budget knob: Learn&Drop drops the cheapest units, as early as its checks allow, until "
                    "the run's measured step times predict this speed-up for it (--ld target_measure=flops: the "
-                   "forward FLOPs'); default: drop what stopped learning")
+                   "forward FLOPs'); default: no cap (the --min-speedup floor, then what stopped learning)")
     r.add_argument("--min-speedup", type=_float_in(1, strict=False), default=None, metavar="X",
                    help="floor: Learn&Drop drops the earliest units, from the first boundary, checked and on "
                    "probation, until the run's predicted speed-up reaches X, then what stopped learning "

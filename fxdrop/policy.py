@@ -402,8 +402,8 @@ class LearnAndDrop(Policy):
         counts the whole run from step 1."""
         rows = self.train_rows
         if self._early() and self.total_steps is not None and self.net is not None and self.net.steps:
-            # by position with a target, units may go from the first boundary, where a drop saves the most: the
-            # whole run's base budget is there from the start (else a refused first screen, which costs more
+            # where units may go from the first boundary (by position with a target, or below the floor), where a
+            # drop saves the most, the whole run's base budget is there from the start (else a refused first screen, which costs more
             # than the first steps' 2.5%, keeps every check waiting for dozens of steps)
             rows = max(rows, self.train_rows / self.net.steps * self.total_steps)
         return (self.check_budget * 3 * rows + self.reinvest * (self.saved_rows + self.future_savings(step))

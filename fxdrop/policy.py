@@ -330,9 +330,16 @@ class LearnAndDrop(Policy):
         has been restored: a restore is the run's own evidence that its units are not spare (a lasting cost
         above the tolerance), and trials as large as training's churn then cost more than they can save
         (ResNet-20 / Fashion-MNIST, docs/results.md), so from then on ``shock`` alone. Below ``min_speedup``
-        (:meth:`_below_floor`) the same holds without ``follow_churn``."""
-        if (self.follow_churn or self._floor) and not self.restored:
+        (:meth:`_below_floor`) the same holds without ``follow_churn``, with a churn measured at most one
+        interval ago: the floor's churn is measured only while the run is below it, and one from an earlier
+        stretch below it (the first interval's, where an untrained network's predictions all move) says
+        nothing of training now."""
+        if self.restored:
+            return self.shock
+        if self.follow_churn:
             return max(self.shock, self.churn or 0.0)
+        if self._floor and self.churns and self.net is not None and self.net.steps - self.churns[-1][0] <= self.interval:
+            return max(self.shock, self.churns[-1][1])
         return self.shock
 
     def _measure_churn(self, step: int, budgeted: bool = True) -> None:

@@ -474,6 +474,17 @@ def test_min_speedup_drops_the_earliest_units_up_to_it_then_what_stopped_learnin
         fxdrop.LearnAndDrop(min_speedup=0.5)
 
 
+@pytest.mark.parametrize("floor, now, bound", [(True, 8, 0.9), (True, 12, 0.05), (False, 8, 0.05)])
+def test_below_the_floor_the_bound_is_a_churn_measured_at_most_one_interval_ago(floor, now, bound):
+    # interval 4, churn 0.9 measured at step 4 (the first interval's): below the floor at step 8 (one interval
+    # later, e.g. the boundary after a drop, whose rows are predicted afresh) the bound is 0.9; at step 12 it
+    # is stale and the bound is shock (0.05); above the floor, without follow_churn, shock
+    pol = fxdrop.LearnAndDrop(interval=4, total_steps=100, min_speedup=1.5)
+    net, _ = _net(pol)
+    pol.churns, pol._floor, net.steps = [(4, 0.9)], floor, now
+    assert pol.shock_bound() == bound
+
+
 @pytest.mark.parametrize("order", ["position", "cost"])
 def test_position_order_with_a_target_bounds_the_first_boundary_by_the_first_interval_churn(monkeypatch, order):
     # by position with a target, candidates may go at the first boundary (step 4): the churn rows are predicted

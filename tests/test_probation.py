@@ -468,6 +468,9 @@ def test_min_speedup_drops_the_earliest_units_up_to_it_then_what_stopped_learnin
     pol, got = run(min_speedup=1.05)
     assert got == [["layer1.0"], ["layer3.1"]] and not pol._below_floor(2)
     assert run(target_speedup=1.05, order="position")[1] == [["layer1.0"], []]
+    # with a target (1.3) the floor picks the earliest units, the target sizes the cohort: as by position
+    assert run(min_speedup=1.05, target_speedup=1.3)[1] == run(target_speedup=1.3, order="position")[1] == [
+        ["layer1.0", "layer1.1", "layer2.1"], []]
     assert run()[1] == [["layer3.1"], []]
     assert fxdrop.LearnAndDrop(min_speedup=2.0, target_speedup=1.5).min_speedup == 1.5  # a floor above the cap
     with pytest.raises(ValueError, match="min_speedup must be None or a number >= 1, got 0.5"):

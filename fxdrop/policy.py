@@ -167,7 +167,7 @@ class LearnAndDrop(Policy):
     and then only the earliest candidates that a set could hold (the target, the caps) are screened; with a
     target they need no scores, so units may go from the first boundary, whose bound with ``follow_churn``
     is the share of predictions the first interval of training moved. ``min_speedup`` (default 1.5; above
-    ``target_speedup`` it is ``target_speedup``) is a floor rather than a cap: until the run's predicted speed-up reaches it, units are
+    ``target_speedup`` it is ``target_speedup``; none with ``action="freeze"``) is a floor rather than a cap: until the run's predicted speed-up reaches it, units are
     chosen as by position with that target (from the first boundary, with the first interval's churn as the
     bound, checked and on probation), and from then on by the scored rule above, so units that stopped
     learning still go beyond it.
@@ -256,9 +256,11 @@ class LearnAndDrop(Policy):
         self.plateau, self.threshold, self.horizon, self.total_steps = plateau, threshold, horizon, total_steps
         self.max_drop_fraction, self.max_drops_per_event = max_drop_fraction, max_drops_per_event
         self.stop, self.tolerance, self.target_speedup = stop, tolerance, target_speedup
-        # a floor above the cap is the cap: drop up to target_speedup, earliest first, then nothing more
-        self.min_speedup = min_speedup if min_speedup is None or target_speedup is None else min(
-            min_speedup, target_speedup)
+        # a floor above the cap is the cap: drop up to target_speedup, earliest first, then nothing more. A
+        # frozen unit's forward still runs, so no floor of forward speed-up is met by freezing: the freezing
+        # baseline freezes what stopped learning, as before the floor
+        self.min_speedup = None if action != "drop" else min_speedup if min_speedup is None or target_speedup is None \
+            else min(min_speedup, target_speedup)
         # how the choice being made ranks and caps its sets (set by :meth:`_decide` before it chooses): below
         # ``min_speedup`` by position, else by ``order``; up to ``target_speedup``, or without one to the floor
         self._by_position, self._aim = order == "position", target_speedup

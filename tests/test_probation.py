@@ -473,6 +473,7 @@ def test_min_speedup_drops_the_earliest_units_up_to_it_then_what_stopped_learnin
         ["layer1.0", "layer1.1", "layer2.1"], []]
     assert run()[1] == [["layer3.1"], []]
     assert fxdrop.LearnAndDrop(min_speedup=2.0, target_speedup=1.5).min_speedup == 1.5  # a floor above the cap
+    assert fxdrop.LearnAndDrop(action="freeze").min_speedup is None  # freezing runs every forward: no floor
     with pytest.raises(ValueError, match="min_speedup must be None or a number >= 1, got 0.5"):
         fxdrop.LearnAndDrop(min_speedup=0.5)
 

@@ -167,10 +167,10 @@ class LearnAndDrop(Policy):
     and then only the earliest candidates that a set could hold (the target, the caps) are screened; with a
     target they need no scores, so units may go from the first boundary, whose bound with ``follow_churn``
     is the share of predictions the first interval of training moved. ``min_speedup`` (default 1.5; above
-    ``target_speedup`` it is ``target_speedup``; none with ``action="freeze"``) is a floor rather than a cap: until the run's predicted speed-up reaches it, units are
-    chosen as by position with that target (from the first boundary, with the first interval's churn as the
-    bound, checked and on probation), and from then on by the scored rule above, so units that stopped
-    learning still go beyond it.
+    ``target_speedup`` it is ``target_speedup``; none with ``action="freeze"``) is a floor rather than a cap:
+    until the run's predicted speed-up reaches it, units are chosen as by position with that target (from
+    the first boundary, with the first interval's churn as the bound, checked and on probation), and from
+    then on by the scored rule above, so units that stopped learning still go beyond it.
     """
 
     def __init__(
@@ -259,11 +259,11 @@ class LearnAndDrop(Policy):
         # a floor above the cap is the cap: drop up to target_speedup, earliest first, then nothing more. A
         # frozen unit's forward still runs, so no floor of forward speed-up is met by freezing: the freezing
         # baseline freezes what stopped learning, as before the floor
-        self.min_speedup = None if action != "drop" else min_speedup if min_speedup is None or target_speedup is None \
-            else min(min_speedup, target_speedup)
-        # how the choice being made ranks and caps its sets (set by :meth:`_decide` before it chooses): below
-        # ``min_speedup`` by position, else by ``order``; up to ``target_speedup``, or without one to the floor
-        self._by_position, self._aim = order == "position", target_speedup
+        if action != "drop":
+            min_speedup = None
+        elif min_speedup is not None and target_speedup is not None:
+            min_speedup = min(min_speedup, target_speedup)
+        self.min_speedup = min_speedup
         self.check, self.recalibrate, self.final_fraction = check, recalibrate, final_fraction
         self.check_budget, self.reinvest = check_budget, reinvest
         self.probation = probation if action == "drop" else 0  # a frozen unit still runs: nothing to recover
@@ -340,7 +340,8 @@ class LearnAndDrop(Policy):
             return self.shock
         if self.follow_churn:
             return max(self.shock, self.churn or 0.0)
-        if self._floor and self.churns and self.net is not None and self.net.steps - self.churns[-1][0] <= self.interval:
+        fresh = self.churns and self.net is not None and self.net.steps - self.churns[-1][0] <= self.interval
+        if self._floor and fresh:
             return max(self.shock, self.churns[-1][1])
         return self.shock
 
@@ -350,8 +351,9 @@ class LearnAndDrop(Policy):
         prediction changed since (a drop or restore in between would count its own shock as churn: the
         previous value stays, the rows are predicted afresh). The forward counts as a check and runs only
         where it fits the check budget (unless not ``budgeted``), so it never keeps a check from running; a
-        churn is measured only between consecutive boundaries, or from the first step with a labelled held batch
-        to the first boundary (after a skipped one the rows are predicted afresh), so where the budget cannot pay for it the bound stays ``shock``."""
+        churn is measured only between consecutive boundaries, or from the first step with a labelled held
+        batch to the first boundary (after a skipped one the rows are predicted afresh), so where the budget
+        cannot pay for it the bound stays ``shock``."""
         assert self.net is not None
         held = self.checks_on
         if not len(held):
@@ -412,8 +414,8 @@ class LearnAndDrop(Policy):
         rows = self.train_rows
         if self._early() and self.total_steps is not None and self.net is not None and self.net.steps:
             # where units may go from the first boundary (by position with a target, or below the floor), where a
-            # drop saves the most, the whole run's base budget is there from the start (else a refused first screen, which costs more
-            # than the first steps' 2.5%, keeps every check waiting for dozens of steps)
+            # drop saves the most, the whole run's base budget is there from the start (else a refused first
+            # screen, which costs more than the first steps' 2.5%, keeps every check waiting for dozens of steps)
             rows = max(rows, self.train_rows / self.net.steps * self.total_steps)
         return (self.check_budget * 3 * rows + self.reinvest * (self.saved_rows + self.future_savings(step))
                 + self.free_rows)
@@ -516,12 +518,10 @@ class LearnAndDrop(Policy):
         self._time_step(frac)
         self.saved_rows += 3 * self._rows_since * (1.0 - frac)
         self._rows_since = 0
-        floor = self._floor = self._below_floor(step)
+        # the floor's prediction only where it is used: the first interval's churn and the boundaries (it runs
+        # the time model, which need not run on every training step)
+        floor = self._floor = (step <= self.interval or not step % self.interval) and self._below_floor(step)
         unscored = floor or self._unscored()
-        self._by_position = floor or self.order == "position"
-        # a target sizes the cohorts in both stretches: the floor only picks the earliest units first (sized
-        # to the floor, v13's knob by position split its first cohort in two and lost 0.4 pt more, v14)
-        self._aim = self.target_speedup if self.target_speedup is not None else (self.min_speedup if floor else None)
         first = unscored and step <= self.interval
         follow = self.follow_churn or floor
         if (first and step < self.interval and self._churn_at is None and self.check and follow
@@ -576,9 +576,9 @@ class LearnAndDrop(Policy):
             if u.name not in self.never and u.name in scores and u.name not in bad
             and (unscored or len(self.tracker.changes[u.name]) >= self.window)
             and self.backoff.get(u.name, (0, 1))[0] <= step
-            and (self._aim is not None or self._stopped_learning(scores[u.name]))
+            and (self._aim() is not None or self._stopped_learning(scores[u.name]))
         ]
-        if self._by_position:
+        if self._by_position():
             # the sets are then the earliest passing units, as many as fit (the target, the caps): a unit no
             # set could hold is not screened, since its check would only spend the budget later choices need
             cands.sort(key=lambda u: self._position[u.name])
@@ -615,6 +615,18 @@ class LearnAndDrop(Policy):
         boundary, the shock bound at least training's churn) until it is reached; past it, by the scored
         rule and ``order``."""
         return self.min_speedup is not None and self.predicted_speedup(step) < self.min_speedup
+
+    def _by_position(self) -> bool:
+        """Whether the choice being made ranks its sets by position: below the floor, or with that ``order``."""
+        return self._floor or self.order == "position"
+
+    def _aim(self) -> float | None:
+        """The speed-up the choice being made sizes its cohort to: ``target_speedup`` (in both stretches: sized
+        to the floor, v13's knob by position split its first cohort in two and lost 0.4 pt more, v14), else
+        ``min_speedup`` below it, else none."""
+        if self.target_speedup is not None:
+            return self.target_speedup
+        return self.min_speedup if self._floor else None
 
     def _early(self) -> bool:
         """Whether units may go from the first boundary, needing no scores (:meth:`_unscored`, or
@@ -782,8 +794,9 @@ class LearnAndDrop(Policy):
             return False
         if self.max_drops_per_event is not None and len(units) > self.max_drops_per_event:
             return False
-        if self._aim is not None and len(units) > 1:
-            return self.predicted_speedup(step, sum(u.flops for u in units[:-1])) < self._aim
+        aim = self._aim()
+        if aim is not None and len(units) > 1:
+            return self.predicted_speedup(step, sum(u.flops for u in units[:-1])) < aim
         return True
 
     def _longest_fit(self, units: Sequence, step: int) -> int:
@@ -859,7 +872,7 @@ class LearnAndDrop(Policy):
             log.info("fxdrop: step %d: %s passed the screen but could not save what the rest of their checks "
                      "costs before step %d; kept", step, [u.name for u, _ in ok], self.total_steps)
             return []
-        if not self._by_position:  # cheapest per FLOP first; by position they came in graph order (_decide)
+        if not self._by_position():  # cheapest per FLOP first; by position they came in graph order (_decide)
             ok.sort(key=lambda uc: (max(price(uc[1]), 0.0) + 1e-6) / max(uc[0].flops, 1))
         sets: list[list] = []
         for u, _ in ok:

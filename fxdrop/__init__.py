@@ -7,7 +7,7 @@ drops the ones that have stopped learning while it trains.
 from . import distributed
 from .errors import DropStateError, FxdropError, NotInitializedError, TraceError, UnitError
 from .module import DropNet, apply_plan, wrap
-from .policy import FixedDrop, LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
+from .policies import FixedDrop, LayerFreezing, LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
 from .rewrite import RewriteResult, bypass
 from .trace import trace
 from .units import Unit, UnitSite
@@ -25,6 +25,7 @@ __all__ = [
     "PositionDrop",
     "NoDrop",
     "FixedDrop",
+    "LayerFreezing",
     "bypass",
     "RewriteResult",
     "FxdropError",

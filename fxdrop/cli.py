@@ -26,8 +26,8 @@ import torch
 from . import __version__
 from . import data as data_mod
 from .errors import FxdropError
-from .policy import LearnAndDrop
-from .train import (DEPENDENT, POLICIES, REPLAYS, RunResult, TrainConfig, TrainRun, build_model, first_drop_step,
+from .policies import LearnAndDrop
+from .train import (DEPENDENT, POLICIES, REPLAYS, RunResult, TrainConfig, TrainRun, build_model,
                     time_matched_steps, train_interleaved)
 
 __all__ = ["main", "build_parser", "UsageError", "TIMING_NOISE"]
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 TIMING_NOISE = 0.11
 WARMUP_STEPS = 20  # untimed steps before the timed arms: allocator and kernel start-up costs
 SLOW_ARM_ENV = "FXDROP_TEST_SLOW_ARM"  # test hook: "POLICY:SECONDS" sleeps that long after each step of POLICY
-LD_ARMS = ("learn-and-drop", "freeze") + REPLAYS  # arms whose drops follow Learn&Drop's schedule
 
 
 class UsageError(Exception):
@@ -164,14 +163,14 @@ def _check_output(option: str, path: str, suffixes: Sequence[str] = ()) -> None:
 
 
 def _parse_ld(items: Sequence[str]) -> dict[str, Any]:
-    """``["stop=0.1", "max_drops_per_event=2"]`` -> LearnAndDrop keyword arguments, each checked against
+    """``["plateau=0.3", "returns=False"]`` -> LearnAndDrop keyword arguments, each checked against
     ``LearnAndDrop``'s signature (name and type) and then its own range checks."""
     params = inspect.signature(LearnAndDrop).parameters
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--ld {item!r}: expected KEY=VALUE, e.g. --ld stop=0.1")
+            raise UsageError(f"--ld {item!r}: expected KEY=VALUE, e.g. --ld plateau=0.3")
         if key not in params:
             hint = _did_you_mean(key, list(params))
             raise UsageError(f"--ld {item}: LearnAndDrop has no knob {key!r}; {hint + ' ' if hint else ''}"
@@ -350,29 +349,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     hook = _slow_arm_hook()
     ld_options = _parse_ld(args.ld)
     for key, value in (("tolerance", args.tolerance), ("target_speedup", args.target_speedup)):
-        ld_options.setdefault(key, value)  # --ld wins over the dedicated options
-    if args.min_speedup is not None:  # not given: LearnAndDrop's own default
-        ld_options.setdefault("min_speedup", args.min_speedup)
+        if value is not None:
+            ld_options.setdefault(key, value)  # --ld wins over the dedicated options
     try:
         LearnAndDrop(**ld_options)
     except (ValueError, TypeError) as e:
-        raise UsageError(f"--tolerance/--target-speedup/--min-speedup: {e}") from None
+        raise UsageError(f"--tolerance/--target-speedup: {e}") from None
     data = _load_data(args)
     factory = _model_factory(args.model, data.num_classes)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                       seed=args.seed, input_size=args.input_size, interval=args.interval,
-                      warmup_epochs=args.warmup_epochs, projections=args.projections,
+                      loop=args.loop, projections=args.projections,
                       checks_on="validation" if args.validation else "train", ld_options=ld_options,
                       progress=not args.no_progress, step_hook=hook)
     kinds = list(dict.fromkeys(args.policy))
-    spe = -(-len(data.train_y) // cfg.batch_size)
-    first = first_drop_step(cfg, spe)
-    if any(k in LD_ARMS or k == "full-matched" for k in kinds) and first > spe * cfg.epochs:
-        print(f"fxdrop run: warning: Learn&Drop can first drop at step {first} (warm-up of --warmup-epochs "
-              f"{cfg.warmup_epochs:g} = {int(cfg.warmup_epochs * spe)} steps, then {ld_options.get('window', 4)} "
-              f"scores every {ld_options.get('interval', cfg.interval or max(1, spe // 10))} steps) but the run "
-              f"has {spe * cfg.epochs} steps ({cfg.epochs} epochs of {spe}): nothing will be dropped; raise "
-              "--epochs or lower --warmup-epochs", file=sys.stderr)
     try:  # untimed warm-up; also checks that the model traces and runs on this input size
         warm = TrainRun(factory, data, dataclasses.replace(cfg, max_steps=WARMUP_STEPS, step_hook=None, evaluate=False),
                         "none")
@@ -424,7 +414,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             Path(args.json).write_text(text + "\n")
     if args.json != "-":
         print(header)
-        turn = f"{args.interleave_steps} steps" if args.interleave_steps else "one epoch"
+        turn = f"{args.interleave_steps} steps"
         print(f"arms trained interleaved ({turn} of each in turn) after an untimed {WARMUP_STEPS}-step warm-up; "
               "speed-up = full's time / the arm's; '!' = wall and CPU disagree")
         later = [k for k in kinds if k in DEPENDENT]
@@ -432,6 +422,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"{', '.join(later)} need a finished Learn&Drop run: interleaved among themselves after it, so "
                   "their wall time shares no turn with full's")
         print(_table(ordered))
+        for k, r in runs.items():
+            share = getattr(r.policy, "check_share", None)
+            if share is not None:
+                print(f"{k}: checks and BatchNorm re-estimation ran {100 * share:.1f}% of the training compute "
+                      "(forward FLOPs counted)")
     for line in notes:
         print(line, file=sys.stderr)
     if args.plot:
@@ -495,39 +490,32 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=_int_at_least(1), default=128, help="training batch size")
     r.add_argument("--lr", type=_float_in(0, strict=True), default=0.05,
                    help="learning rate: the peak of OneCycle, or the constant rate with --schedule constant")
-    r.add_argument("--schedule", choices=["onecycle", "constant"], default="onecycle",
+    r.add_argument("--schedule", choices=["onecycle", "cosine", "constant"], default="onecycle",
                    help="learning-rate schedule of every arm")
+    r.add_argument("--loop", choices=["attach", "step", "plain"], default="attach",
+                   help="how the training loop calls fxdrop: net.attach(opt) once; net.step(opt, targets=y) "
+                   "after every optimizer step; or net.step() alone (the run's length unknown to fxdrop)")
     r.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of initialisation and data order")
     r.add_argument("--input-size", type=_int_at_least(1), default=32,
                    help="images are padded up to this size (at least the data set's image size)")
     r.add_argument("--interval", type=_int_at_least(1), default=None,
-                   help="Learn&Drop score interval in steps; default: a tenth of an epoch")
-    r.add_argument("--warmup-epochs", type=_float_in(0, strict=False), default=0.0,
-                   help="extra epochs before Learn&Drop may drop (its score window and plateau test already "
-                   "wait for the first, fast phase of learning to end)")
-    r.add_argument("--target-speedup", type=_float_in(1, strict=False), default=None, metavar="X",
-                   help="budget knob: Learn&Drop drops the cheapest units, as early as its checks allow, until "
-                   "the run's measured step times predict this speed-up for it (--ld target_measure=flops: the "
-                   "forward FLOPs'); default: no cap (the --min-speedup floor, then what stopped learning)")
-    r.add_argument("--min-speedup", type=_float_in(1, strict=False), default=None, metavar="X",
-                   help="floor: Learn&Drop drops the earliest units, from the first boundary, checked and on "
-                   "probation, until the run's predicted speed-up reaches X, then what stopped learning "
-                   "(default: LearnAndDrop's; --ld min_speedup=None for none)")
+                   help="Learn&Drop's steps between decisions; default: the run's length / 20 (8 to 50)")
+    r.add_argument("--target-speedup", type=_float_in(1, strict=True), default=None, metavar="X",
+                   help="budget knob: Learn&Drop stops dropping once the forward FLOPs are cut X-fold; "
+                   "default: as far as its checks allow")
     r.add_argument("--projections", action="store_true",
                    help="also drop downsampling blocks' residual branches (their projection shortcut stays): "
                    "fxdrop.wrap(..., projections=True)")
-    r.add_argument("--tolerance", type=_float_in(0, strict=False), default=0.01, metavar="T",
-                   help="largest accuracy a drop may cost when it happens, measured on held training batches "
-                   "(0.01 = one point)")
+    r.add_argument("--tolerance", type=_float_in(0, strict=False), default=None, metavar="T",
+                   help="Learn&Drop's tolerance: the relative held-loss change that counts (default: 0.05)")
     r.add_argument("--policy", nargs="+", default=["learn-and-drop"], choices=[k for k in POLICIES if k != "none"],
                    help="arms to compare with the full network (always trained); full-matched = the full "
                    "network trained for as many steps as Learn&Drop's measured CPU time buys; pld = progressive "
                    "layer dropping (Zhang & He 2020)")
-    r.add_argument("--interleave-steps", type=_int_at_least(1), default=None, metavar="N",
-                   help="train the arms in turns of N steps (finer turns share out outside load more evenly); "
-                   "default: one epoch")
+    r.add_argument("--interleave-steps", type=_int_at_least(1), default=5, metavar="N",
+                   help="train the arms in turns of N steps, so outside load falls on every arm alike")
     r.add_argument("--ld", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="LearnAndDrop knobs (docs/method.md), e.g. --ld stop=0.1 threshold=0.5")
+                   help="LearnAndDrop knobs (docs/method.md), e.g. --ld plateau=0.3 returns=False")
     r.add_argument("--train-limit", type=_int_at_least(1), default=None,
                    help="use only the first N training images; default: all")
     r.add_argument("--test-limit", type=_int_at_least(1), default=None,

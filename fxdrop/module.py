@@ -53,7 +53,7 @@ class DropNet(nn.Module):
         autowrap_functions: Sequence[Callable[..., Any]] = (),
         concrete_args: dict[str, Any] | None = None,
         compile: bool | dict[str, Any] = False,
-        policy: Any = None,
+        policy: Any = "default",
         verify: bool = True,
         level: int | str = 0,
         projections: bool = False,
@@ -98,6 +98,10 @@ class DropNet(nn.Module):
         self._by_name: dict[str, Unit] = {}
         self._fades: dict[str, float] = {}  # unit -> weight of its output while it fades out (1 = whole unit)
         self._drop_listeners: list[Callable[..., None]] = []
+        if isinstance(policy, str) and policy == "default":
+            from .policies import LearnAndDrop  # the policies know the wrapper only by type
+
+            policy = LearnAndDrop()
         self.policy = policy
         self.steps = 0
         self._optimizer: torch.optim.Optimizer | None = None
@@ -453,6 +457,8 @@ class DropNet(nn.Module):
         if self.policy.net is not self:
             self.policy.bind(self)
         optimizer = optimizer or self._optimizer
+        if optimizer is not None and optimizer is not getattr(self.policy, "optimizer", None):
+            self.policy.observe_optimizer(optimizer)
         if optimizer is not None:
             lrs = [float(g["lr"]) for g in optimizer.param_groups]
             self.policy.observe_lr(sum(lrs) / len(lrs))
@@ -467,6 +473,8 @@ class DropNet(nn.Module):
         """Call :meth:`step` after every ``optimizer.step()`` through a step post-hook; returns the hook
         handle (``handle.remove()`` detaches)."""
         self._optimizer = optimizer
+        if self.policy is not None:
+            self.policy.observe_optimizer(optimizer)
         return optimizer.register_step_post_hook(lambda opt, args, kwargs: self.step())
 
     # ------------------------------------------------------------------ checkpoints and export
@@ -631,9 +639,13 @@ class DropNet(nn.Module):
             kwargs = {k: v for k, v in kwargs.items() if k not in self._baked}
         if self._units is None:
             self._initialize(tuple(args), dict(kwargs))
-        if self.training and self.policy is not None and torch.is_grad_enabled():
+        watched = self.training and self.policy is not None and torch.is_grad_enabled()
+        if watched:
             self.policy.observe_inputs(self.steps + 1, args, kwargs)  # held batches for drop checks
-        return self._callable("train" if self.training else "eval")(*args, **kwargs)
+        out = self._callable("train" if self.training else "eval")(*args, **kwargs)
+        if watched:
+            self.policy.observe_output(self.steps + 1, out)  # labels read off the loss's gradient
+        return out
 
     def extra_repr(self) -> str:
         if self._units is None:
@@ -675,7 +687,7 @@ def wrap(
     autowrap_functions: Sequence[Callable[..., Any]] = (),
     concrete_args: dict[str, Any] | None = None,
     compile: bool | dict[str, Any] = False,
-    policy: Any = None,
+    policy: Any = "default",
     verify: bool = True,
     level: int | str = 0,
     projections: bool = False,
@@ -686,7 +698,9 @@ def wrap(
     they are found at the first forward call. ``leaf_modules`` (types or qualified names) are kept
     opaque; submodules that cannot be traced are made leaves automatically. ``compile=True`` (or a dict
     of ``torch.compile`` options) runs every graph through ``torch.compile``, once per graph.
-    ``verify`` checks that the traced graph reproduces the model's eval output on the example inputs.
+    ``policy`` decides the drops while ``net.step()`` (or :meth:`DropNet.attach`) is called: by default a
+    :class:`fxdrop.LearnAndDrop` with its defaults; ``None`` (or :class:`fxdrop.NoDrop`) for none, when
+    you drop and restore by hand. ``verify`` checks that the traced graph reproduces the model's eval output on the example inputs.
     ``level`` picks how coarse units are where they nest (:func:`fxdrop.units.find_units`): 0 the
     innermost (a block; a transformer layer's attention and MLP), 1 one up (a whole transformer layer,
     a ResNet stage that keeps its shape), ``"outer"`` the largest. ``projections=True`` also makes the

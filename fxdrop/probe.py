@@ -1,25 +1,12 @@
-"""Checking a drop before committing it: a few held training batches, the candidate graph run on them,
-and BatchNorm statistics that follow the new graph.
+"""Held batches for checking drops, and the state the checks must leave as they found it.
 
 A :class:`Probe` keeps up to ``batches`` input batches seen by the wrapped model in training (detached
-copies of at most ``samples`` rows each, taken from steps spread over the run so they are not the
-batch just trained on). :func:`drop_cost` runs the current graph and the graph with some more units
-bypassed on those batches and reports how far the outputs moved:
-
-* ``disagreement``: share of rows whose arg-max prediction changes (outputs of shape ``N x C``). It
-  bounds the immediate change of accuracy whatever the labels: ``|acc_new - acc_old| <= disagreement``.
-  Needs no labels, so it works in any training loop.
-* ``kl``: mean KL divergence ``KL(softmax(old) || softmax(new))`` for the same outputs;
-* for other outputs, ``disagreement`` is the relative L2 change ``||new - old|| / ||old||``.
-
-Both graphs run in training mode (BatchNorm normalises with the batch's statistics, as training will
-right after the drop), under ``no_grad``, with the global RNG forked and re-seeded identically for
-both so dropout draws the same masks; every buffer (running statistics, ``num_batches_tracked``) is
-restored bitwise afterwards, so a check never changes the model or the training's random stream.
-
-:func:`recalibrate_batchnorm` re-estimates running statistics of every BatchNorm on the probe batches
-after a committed drop, so an evaluation right after a late drop does not use statistics of a graph
-that no longer exists (a drop at the last step otherwise cost 36 points in eval mode, issue 8).
+copies of at most ``samples`` rows each, every ``stride``-th step's), with their class labels when known;
+:meth:`Probe.fixed` holds batches of held-out data instead. :func:`preserved_state` runs check forwards
+without a trace: buffers restored bitwise, the RNG forked and re-seeded alike for every graph.
+:func:`recalibrate_batchnorm` re-estimates BatchNorm running statistics on the held batches after the
+graph changed, so an evaluation right after a drop does not use statistics of a graph that no longer
+exists. What a check measures on these batches is :mod:`fxdrop.policies.checks`.
 """
 
 from __future__ import annotations
@@ -27,19 +14,14 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
-import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .reuse import SharedPrefix
 
-__all__ = ["Probe", "DropCost", "drop_cost", "predictions", "recalibrate_batchnorm", "preserved_state", "leading_rows",
-           "copy_rows"]
+__all__ = ["Probe", "recalibrate_batchnorm", "preserved_state", "leading_rows", "copy_rows"]
 
 
 def copy_rows(v: Any, rows: int, device: torch.device | str | None = None) -> Any:
@@ -204,118 +186,6 @@ def preserved_state(model: nn.Module, seed: int = 0) -> Iterator[Callable[[], No
         with torch.no_grad():
             for b, s in zip(buffers, saved):
                 b.copy_(s)
-
-
-@dataclass
-class DropCost:
-    """How far bypassing some units moves the outputs on the probe (see module docstring).
-    ``accuracy_drop`` is ``acc(current) - acc(candidate)`` on the held rows when every held batch has
-    labels, else ``nan``; :attr:`cost` is what the policy compares with its tolerance. ``share`` is the
-    compute the candidate's runs took, in forward FLOPs relative to the current graph's runs on the same
-    rows: 1 for full runs of a graph as large, less for a suffix after a shared prefix."""
-
-    disagreement: float
-    kl: float
-    samples: int
-    accuracy_drop: float = math.nan
-    share: float = 1.0
-
-    @property
-    def cost(self) -> float:
-        """The accuracy a drop may cost right now, as an upper bound: with labels, the measured drop
-        plus one standard error of the paired difference (``sqrt((d - a^2) / n)``: rows that changed
-        are the only ones that count, so a drop that changes many predictions is not accepted on a
-        lucky sample), capped by ``d``; without labels, ``d``."""
-        d, a, n = self.disagreement, self.accuracy_drop, self.samples
-        if not math.isfinite(a) or n <= 0:
-            return d
-        return min(d, a + math.sqrt(max(d - a * a, 0.0) / n))
-
-
-def _compare(old: Any, new: Any) -> tuple[float, float, int]:
-    """(changed-or-relative-change sum, kl sum, rows) between two outputs."""
-    fo, _ = tree_flatten(old)
-    fn, _ = tree_flatten(new)
-    fo = [t for t in fo if isinstance(t, torch.Tensor)]
-    fn = [t for t in fn if isinstance(t, torch.Tensor)]
-    if len(fo) == 1 and len(fn) == 1 and fo[0].dim() == 2 and fo[0].shape == fn[0].shape and fo[0].shape[1] > 1:
-        a, b = fo[0].float(), fn[0].float()
-        changed = (a.argmax(1) != b.argmax(1)).sum().item()
-        kl = F.kl_div(F.log_softmax(b, 1), F.log_softmax(a, 1), log_target=True, reduction="sum").item()
-        return float(changed), kl, a.shape[0]
-    num = sum(float((x.float() - y.float()).pow(2).sum()) for x, y in zip(fo, fn))
-    den = sum(float(x.float().pow(2).sum()) for x in fo)
-    rel = math.sqrt(num / den) if den > 0 else (0.0 if num == 0 else math.inf)
-    return rel, math.nan, 1
-
-
-def drop_cost(
-    model: nn.Module,
-    current: Callable[..., Any],
-    candidates: Sequence[Callable[..., Any]],
-    probe: Probe,
-    seed: int = 0,
-) -> list[DropCost]:
-    """Run ``current`` (the graph training uses now) and each graph in ``candidates`` on the probe's
-    batches, in training mode, and return one :class:`DropCost` per candidate. ``model`` is the module
-    whose buffers the graphs share (restored afterwards). When all are ``GraphModule``s of one model,
-    a candidate runs only the nodes its rewrite changed, from the values ``current`` computed for the
-    rest (:class:`fxdrop.reuse.SharedPrefix`: the same outputs, a fraction of the compute, which each
-    cost's ``share`` reports; other callables count as full runs)."""
-    sums = [[0.0, 0.0, 0, 0.0] for _ in candidates]
-    work = [0.0 for _ in candidates]  # rows times the share of the current graph's FLOPs each run took
-    held = 0
-    labelled = len(probe) > 0 and all(t is not None for t in probe.targets)
-    shared = None
-    if len(probe) and isinstance(current, fx.GraphModule) and all(isinstance(g, fx.GraphModule) for g in candidates):
-        shared = SharedPrefix(current, candidates)
-    with preserved_state(model, seed) as reseed:
-        for (args, kwargs), y in zip(probe, probe.targets):
-            rows = leading_rows(args, kwargs)
-            held += rows
-            if shared is not None:
-                ref, outs, reused = shared.run(args, kwargs, reseed)
-                shares = [s if r else f for s, f, r in zip(shared.shares, shared.full_shares, reused)]
-            else:
-                reseed()
-                ref = current(*args, **kwargs)
-                outs, shares = list(_each(candidates, args, kwargs, reseed)), [1.0] * len(candidates)
-            for i, s in enumerate(shares):
-                work[i] += rows * s
-            for acc, out in zip(sums, outs):
-                d, k, n = _compare(ref, out)
-                acc[0] += d
-                acc[1] += k
-                acc[2] += n
-                if labelled:
-                    acc[3] += _correct(ref, y) - _correct(out, y)
-    return [DropCost(d / n if n else math.nan, k / n if n else math.nan, n,
-                     (a / n if n else math.nan) if labelled else math.nan, w / held if held else 1.0)
-            for (d, k, n, a), w in zip(sums, work)]
-
-
-def predictions(model: nn.Module, graph: Callable[..., Any], batch: tuple[tuple[Any, ...], dict[str, Any]],
-                seed: int = 0) -> torch.Tensor | None:
-    """The arg-max predictions of ``graph`` on one held ``(args, kwargs)`` batch, run as the checks run
-    (training mode, no gradients, buffers restored, RNG forked and seeded): ``None`` for outputs that are
-    not ``N x C`` logits."""
-    args, kwargs = batch
-    with preserved_state(model, seed) as reseed:
-        reseed()
-        out = graph(*args, **kwargs)
-    return out.argmax(1).cpu() if isinstance(out, torch.Tensor) and out.dim() == 2 else None
-
-
-def _each(graphs: Sequence[Callable[..., Any]], args: tuple, kwargs: dict, reseed: Callable[[], None]) -> Iterator[Any]:
-    for graph in graphs:
-        reseed()
-        yield graph(*args, **kwargs)
-
-
-def _correct(out: Any, y: torch.Tensor) -> float:
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != y.shape[0]:
-        return math.nan
-    return float((out.argmax(1) == y.to(out.device)).sum())
 
 
 def recalibrate_batchnorm(model: nn.Module, forward: Callable[..., Any], probe: Probe) -> int:

@@ -25,10 +25,10 @@ from .baselines import ProgressiveLayerDrop, apply_stochastic_depth
 from .data import ImageData
 from .models import build_model
 from .module import wrap
-from .policy import FixedDrop, LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
+from .policies import FixedDrop, LayerFreezing, LearnAndDrop, NoDrop, Policy, PositionDrop, RandomDrop
 
 __all__ = ["TrainConfig", "RunResult", "TrainRun", "build_model", "make_policy", "train_run", "train_interleaved",
-           "POLICIES", "REPLAYS", "DEPENDENT", "first_drop_step"]
+           "POLICIES", "REPLAYS", "DEPENDENT", "LOOPS"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ REPLAYS = ("random", "position", "thin")  # ablations that replay a Learn&Drop r
 # arms that need a finished Learn&Drop run: the replays, and the full network trained for as many steps
 # as Learn&Drop's forward FLOPs buy (its step budget is known only when Learn&Drop has finished)
 DEPENDENT = REPLAYS + ("full-matched",)
+LOOPS = ("attach", "step", "plain")
+SCHEDULES = ("onecycle", "cosine", "constant")
 
 
 @dataclass
@@ -45,13 +47,16 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 128
     lr: float = 0.05
-    schedule: str = "onecycle"  # "onecycle" (peak ``lr``) or "constant" (``lr`` throughout)
+    schedule: str = "onecycle"  # "onecycle" (peak ``lr``), "cosine" (from ``lr`` to 0) or "constant"
+    optimizer: str = "sgd"  # "sgd" (momentum, Nesterov) or "adamw"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
     input_size: int = 32
-    interval: int | None = None  # LearnAndDrop interval; default: about 10 per epoch
-    warmup_epochs: float = 0.0  # extra wait: the score window and the plateau test already wait
+    interval: int | None = None  # LearnAndDrop interval; default: LearnAndDrop's own
+    # how the loop calls fxdrop: "step" net.step(opt, targets=y); "attach" net.attach(opt) once; "plain"
+    # net.step() alone (no optimizer, no labels: the run's length unknown to the policy)
+    loop: str = "attach"
     stochastic_depth_p: float = 0.5
     ld_options: dict = field(default_factory=dict)  # extra LearnAndDrop keyword arguments
     projections: bool = False  # ``wrap(..., projections=True)``: downsampling blocks' branches are units too
@@ -65,8 +70,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # checked here, not when a run starts: a bad value must fail before a model is built and traced
-        if self.schedule not in ("onecycle", "constant"):
-            raise ValueError(f"schedule must be 'onecycle' or 'constant', got {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.loop not in LOOPS:
+            raise ValueError(f"loop must be one of {LOOPS}, got {self.loop!r}")
         if self.checks_on not in ("train", "validation"):
             raise ValueError(f"checks_on must be 'train' or 'validation', got {self.checks_on!r}")
 
@@ -104,13 +113,12 @@ class RunResult:
 def make_policy(kind: str, total_steps: int, cfg: TrainConfig, steps_per_epoch: int,
                 reference: Policy | None = None, check_data: Any = None) -> Policy:
     """The drop policy of arm ``kind`` for a run of ``total_steps`` steps (``check_data``: Learn&Drop's
-    held-out batches for checks, with ``cfg.checks_on="validation"``)."""
-    interval = cfg.interval or max(1, steps_per_epoch // 10)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    if kind in ("learn-and-drop", "freeze"):
-        return LearnAndDrop(**{"interval": interval, "warmup": warmup, "total_steps": total_steps,
-                                "action": "freeze" if kind == "freeze" else "drop", "check_data": check_data,
-                                **cfg.ld_options})
+    held-out batches for checks, with ``cfg.checks_on="validation"``). Learn&Drop is not told the run's
+    length: it reads it from the LR scheduler, as in a user's loop (``loop="plain"``: it cannot)."""
+    if kind == "learn-and-drop":
+        return LearnAndDrop(**{"interval": cfg.interval, "check_data": check_data, **cfg.ld_options})
+    if kind == "freeze":
+        return LayerFreezing(total_steps)
     if kind in REPLAYS:
         if reference is None:
             raise ValueError(f"policy {kind!r} replays a Learn&Drop schedule: run learn-and-drop first")
@@ -131,15 +139,6 @@ def time_matched_steps(full: "RunResult", ld: "RunResult") -> int:
     return max(1, min(full.steps, round(full.steps * ld.cpu_s / full.cpu_s)))
 
 
-def first_drop_step(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """The first step at which Learn&Drop with ``cfg``'s knobs can drop anything: a step on the scoring
-    interval, after the warm-up, with ``window`` scores recorded."""
-    opts = {"interval": cfg.interval or max(1, steps_per_epoch // 10),
-            "warmup": int(cfg.warmup_epochs * steps_per_epoch), "window": 4, **cfg.ld_options}
-    interval, warmup, window = int(opts["interval"]), int(opts["warmup"]), int(opts["window"])
-    return max(window * interval, -(-max(warmup, 1) // interval) * interval)
-
-
 def _evaluate(net: nn.Module, data: ImageData, cfg: TrainConfig) -> float:
     net.eval()
     correct = 0
@@ -157,7 +156,7 @@ class TrainRun:
     the result it would have alone.
 
     ``total_steps`` shortens the run (the ``full-matched`` arm); its LR schedule spans that budget.
-    ``policy`` trains with that drop policy (e.g. a :class:`~fxdrop.policy.FixedDrop` plan) instead of the
+    ``policy`` trains with that drop policy (e.g. a :class:`~fxdrop.policies.FixedDrop` plan) instead of the
     one ``kind`` builds; ``kind`` still names the recipe around it (``"none"``: plain training).
     Wall time (``time.perf_counter``) and process CPU time (``time.process_time``) are accumulated over
     the training steps only; the evaluation at each epoch end is not timed.
@@ -195,11 +194,17 @@ class TrainRun:
             self._rng = torch.get_rng_state()
         finally:
             torch.set_rng_state(outer)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay, nesterov=True)
-        self.sched = (torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=self.total,
-                                                          pct_start=0.15) if cfg.schedule == "onecycle"
-                      else torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0))
+        if cfg.optimizer == "adamw":
+            self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay, nesterov=True)
+        S = torch.optim.lr_scheduler
+        self.sched = (S.OneCycleLR(self.opt, max_lr=cfg.lr, total_steps=self.total, pct_start=0.15)
+                      if cfg.schedule == "onecycle" else S.CosineAnnealingLR(self.opt, T_max=self.total)
+                      if cfg.schedule == "cosine" else S.LambdaLR(self.opt, lambda _: 1.0))
+        if cfg.loop == "attach":
+            self.net.attach(self.opt)
         self._full = max(self.net.full_flops("train"), 1)
         self._gen = torch.Generator().manual_seed(cfg.seed)
         self._batches = None  # iterator over the current epoch's batches
@@ -254,13 +259,19 @@ class TrainRun:
                     self.step_flops.append((net.flops("train") if net.units else self._full) / self._full)
                     out = net(x)
                 loss = F.cross_entropy(out, yb)
+                n_events = len(self.policy.events)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
                 self.sched.step()
                 if self.pld is not None:
                     self.pld.step()
-                dropped_now = net.step(self.opt, targets=yb)
+                if cfg.loop == "step":
+                    dropped_now = net.step(self.opt, targets=yb)
+                elif cfg.loop == "plain":
+                    dropped_now = net.step()
+                else:  # attached: the optimizer's step hook called net.step()
+                    dropped_now = [n for _, names in self.policy.events[n_events:] for n in names]
                 if cfg.step_hook is not None:
                     cfg.step_hook(self.kind, net.steps)
                 now = self.wall_s + time.perf_counter() - t0

@@ -9,7 +9,8 @@ import torchvision
 from torch import nn
 
 import fxdrop
-from fxdrop.probe import Probe, drop_cost
+from fxdrop.policies.checks import held_losses
+from fxdrop.probe import Probe
 from fxdrop.reuse import SharedPrefix, changed_nodes
 
 from .models import narrow_resnet18
@@ -25,12 +26,12 @@ def _probe(x, labels=True, batches=2):
 
 
 def _opaque(g):
-    """The same graph, hidden from the reuse (a plain callable): drop_cost runs it in full."""
+    """The same graph, hidden from the reuse (a plain callable): held_losses runs it in full."""
     return lambda *a, **k: g(*a, **k)
 
 
-def _costs(costs):
-    return [(c.disagreement, c.kl, c.samples, c.accuracy_drop) for c in costs]
+def _costs(res):
+    return [res.now, *res.candidates, res.rows, res.labelled]
 
 
 def test_reused_costs_equal_full_runs_on_a_resnet():
@@ -43,8 +44,8 @@ def test_reused_costs_equal_full_runs_on_a_resnet():
     cands = [net.candidate_graph([n]) for n in live] + [net.candidate_graph(live[-3:]), net.candidate_graph([])]
     probe = _probe(x)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    reused_costs = drop_cost(model, net.graph_module, cands, probe)
-    full = drop_cost(model, _opaque(net.graph_module), [_opaque(g) for g in cands], probe)
+    reused_costs = held_losses(model, net.graph_module, cands, probe)
+    full = held_losses(model, _opaque(net.graph_module), [_opaque(g) for g in cands], probe)
     assert _costs(reused_costs) == _costs(full)  # exact: the same ops on the same values
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # buffers restored
     shared = SharedPrefix(net.graph_module, cands)
@@ -57,7 +58,7 @@ def test_reused_costs_equal_full_runs_on_a_resnet():
         _, outs, reused = shared.run((x,), {}, lambda: torch.manual_seed(0))
     assert reused == [True] * len(cands)
     # what a suffix runs, by hand: the current graph's nodes after the frontier value, less the bypassed
-    # unit's own; shares of the current graph's FLOPs, reported by drop_cost for what it ran
+    # unit's own; shares of the current graph's FLOPs, counted by held_losses for what it ran
     order = [n.name for n in net.graph_module.graph.nodes]
     flops = {n.name: n.meta["fxdrop_flops"] for n in net.graph_module.graph.nodes}
     whole = sum(flops.values())
@@ -68,8 +69,9 @@ def test_reused_costs_equal_full_runs_on_a_resnet():
     assert shared.shares[-1] == 0.0 and shared.full_shares[-1] == 1.0  # the unchanged candidate runs nothing
     assert shared.shares[:len(live)] == sorted(shared.shares[:len(live)], reverse=True)  # later units: less
     assert all(0 < s < f <= 1 for s, f in zip(shared.shares[:-1], shared.full_shares[:-1]))
-    assert [c.share for c in reused_costs] == pytest.approx(shared.shares)
-    assert [c.share for c in full] == [1.0] * len(cands)  # opaque callables count as full runs
+    rows = probe.rows
+    assert reused_costs.work == pytest.approx(rows * (1 + sum(shared.shares)))
+    assert full.work == rows * (1 + len(cands))  # opaque callables count as full runs
 
 
 def test_changed_nodes_are_the_ones_after_the_bypass():
@@ -129,12 +131,12 @@ def test_randomness_and_mutation_fall_back_to_full_runs():
         assert [u.name for u in net.units] == ["branch"] or len(net.units) == 1, cls
         cands = [net.candidate_graph([net.units[0].name])]
         probe = _probe(x, labels=False)
-        reused = drop_cost(model, net.graph_module, cands, probe)
-        full = drop_cost(model, _opaque(net.graph_module), [_opaque(g) for g in cands], probe)
+        reused = held_losses(model, net.graph_module, cands, probe)
+        full = held_losses(model, _opaque(net.graph_module), [_opaque(g) for g in cands], probe)
         assert _costs(reused) == _costs(full), cls
         with torch.no_grad():
             shared = SharedPrefix(net.graph_module, cands)
             _, _, ran = shared.run((x,), {}, lambda: torch.manual_seed(0))
         assert not any(ran), f"{cls.__name__}: a suffix reused values it must not"
         # what ran is counted: the whole candidate, not its suffix
-        assert [c.share for c in reused] == pytest.approx(shared.full_shares), cls
+        assert reused.work == pytest.approx(probe.rows * (1 + sum(shared.full_shares))), cls

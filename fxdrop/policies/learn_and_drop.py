@@ -1,0 +1,410 @@
+"""Learn&Drop: drop the units whose absence the network does not feel, earliest and stalled first, and
+put them back when the data changes. docs/method.md has the definitions; the rule in one screen:
+
+    every k optimizer steps (a boundary; k from the run's length, else 16):
+        score each live unit: layer change per learning rate over the interval (the paper's scores)
+        L  = loss on the two batches held from this interval (labels: given, or read off the gradient)
+        if L jumped (> 1.5 x the last boundary's, and by > 0.1) or the user called new_data():
+            for each dropped cohort: put it back if that lowers L by more than `tolerance`
+        elif checks have run more than 5% of the training compute: wait
+        else:
+            order live units: stalled (plateau ratio <= `plateau`) first, then earliest in the graph;
+            keep the prefix that does not pass `target_speedup` (forward FLOPs)
+            try its first n, n/2, ..., 1 units at once; drop the largest set that raises L by <= `tolerance`
+            none passed: the first unit waits 1, 2, 4, ... boundaries
+        after a drop or a return: BatchNorm statistics re-estimated on the held batches
+
+Every quantity is counted (steps, rows, FLOPs, losses): no clock, so the same seed and data make the
+same drops on an idle or a loaded machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+
+from ..distributed import agree
+from ..probe import Probe, leading_rows, recalibrate_batchnorm
+from ..scores import ScoreTracker
+from ..shapes import node_flops
+from .base import Policy
+from .checks import held_losses, labels_from_grad, rise
+from .run_length import run_length
+
+if TYPE_CHECKING:
+    from ..module import DropNet
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LearnAndDrop"]
+
+_UNKNOWN_LENGTH_INTERVAL = 16  # steps between boundaries when the run's length is not known
+_HELD_BATCHES, _HELD_ROWS = 2, 64  # batches held for checks, rows of each
+_CHECK_SHARE = 0.05  # checks may run this share of the training compute (forward + backward)
+_JUMP_RATIO, _JUMP_MIN = 1.5, 0.1  # the held loss jumped: the data changed
+_PROBATION = 3  # boundaries after which a drop is judged: has the held loss recovered?
+_MAX_WAIT = 16  # boundaries a refused unit waits at most
+
+
+class LearnAndDrop(Policy):
+    """Learn&Drop's default policy (module docstring: the rule).
+
+    ``interval``: steps between boundaries (default: the run's length / 25, between 4 and 50, from
+    ``total_steps``, the LR scheduler or Lightning; 16 when unknown). ``tolerance``: the relative rise of the
+    held loss a drop may cause (0.05). ``target_speedup``: stop dropping once the forward FLOPs are cut
+    that much (none: as far as the checks allow). ``plateau``: a unit whose smoothed layer change fell to
+    this share of its peak has stalled and goes first. ``total_steps``: the run's length, if known.
+    ``never``: units to keep. ``check_data``: held-out ``(inputs, labels)`` batches (e.g. a validation
+    loader) to check on instead of held training batches. ``returns``: put dropped units back when the
+    data changes (default True).
+    """
+
+    def __init__(self, interval: int | None = None, tolerance: float = 0.05, target_speedup: float | None = None,
+                 plateau: float = 0.5, total_steps: int | None = None, never: Iterable[str] = (),
+                 check_data: Iterable | None = None, returns: bool = True):
+        super().__init__("drop", never)
+        _check_arg("interval", interval, interval is None or _int(interval, 1), "None or an int >= 1")
+        _check_arg("tolerance", tolerance, _num(tolerance) and 0 <= tolerance < 1, "a number in [0, 1)")
+        _check_arg("target_speedup", target_speedup, target_speedup is None or (_num(target_speedup)
+                   and target_speedup > 1), "None or a number > 1")
+        _check_arg("plateau", plateau, _num(plateau) and 0 < plateau <= 1, "a number in (0, 1]")
+        _check_arg("total_steps", total_steps, total_steps is None or _int(total_steps, 1), "None or an int >= 1")
+        _check_arg("check_data", type(check_data).__name__, check_data is None or (
+            hasattr(check_data, "__iter__") and not isinstance(check_data, (str, dict))),
+            "None or an iterable of (inputs, labels) batches, e.g. a DataLoader")
+        _check_arg("returns", returns, isinstance(returns, bool), "True or False")
+        self.tolerance, self.target_speedup, self.plateau = float(tolerance), target_speedup, float(plateau)
+        self.interval_given, self.total_steps = interval, total_steps
+        self.interval = interval or _interval_for(total_steps)
+        self.check_data, self.held_out, self.returns = check_data, None, returns
+        self.probe = Probe(_HELD_BATCHES, _HELD_ROWS, max(1, self.interval // 2))
+        self.tracker: ScoreTracker | None = None
+        self.optimizer: Any = None
+        self.cohorts: list[tuple[int, list[str]]] = []  # (step, names) of every drop still in force
+        self.wait: dict[str, tuple[int, int]] = {}  # unit -> (boundary it may be tried again at, next wait)
+        self.checks: list[dict] = []  # every check: step, kind, units, loss now, loss with, accepted
+        self.train_work = self.check_work = 0.0  # rows through the full forward graph (a training row: 3)
+        self.last_loss: float | None = None  # held loss of the graph that ran after the previous boundary
+        self._lr_sum, self._lr_n = 0.0, 0
+        self._changed = False  # new_data() was called
+        self._last_work = 0.0  # compute of the last check with candidates: what the next may cost
+        self._returning: list[str] = []  # units this boundary puts back (applied once agreed across ranks)
+        self.on_trial: list[dict] = []  # cohorts on probation: names, end step, rows held, loss there, bound
+        self._trial: dict | None = None  # the probation of the cohort being dropped now
+
+    # ----------------------------------------------------------------- what the wrapper tells the policy
+    def bind(self, net: "DropNet") -> None:
+        super().bind(net)
+        if self.tracker is None:
+            self.tracker = ScoreTracker({u.name: net.parameters_of(u) for u in net.units})
+            for u in net.units:
+                if u.dropped or u.frozen:
+                    self.tracker.forget(u.name)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Tell the run's length once known (the Lightning callback does); before the first boundary it
+        sets the interval, unless one was given."""
+        if not _int(total_steps, 1):
+            raise ValueError(f"LearnAndDrop.set_total_steps: total_steps must be an int >= 1, got {total_steps!r}")
+        self.total_steps = total_steps
+        if self.interval_given is None and (self.net is None or self.net.steps <= self.interval):
+            self._set_interval(_interval_for(total_steps))
+
+    def _set_interval(self, k: int) -> None:
+        self.interval = k
+        self.probe.stride = max(1, k // 2)
+
+    def observe_optimizer(self, optimizer: Any) -> None:
+        self.optimizer = optimizer
+
+    def observe_lr(self, lr: float) -> None:
+        self._lr_sum += lr
+        self._lr_n += 1
+
+    def observe_inputs(self, step: int, args: tuple, kwargs: dict) -> None:
+        self.train_work += 3 * leading_rows(args, kwargs) * self._fraction()
+        self.probe.offer(step, args, kwargs)
+        if self.check_data is not None and self.held_out is None:
+            first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            self.held_out = Probe.fixed(self.check_data, _HELD_BATCHES, 2 * _HELD_ROWS,
+                                        first.device if first is not None else None, what="LearnAndDrop: check_data")
+
+    def observe_output(self, step: int, output: Any) -> None:
+        """On a held step, read the batch's labels off the gradient the loss sends to the logits."""
+        if (step % self.probe.stride or not isinstance(output, torch.Tensor) or output.dim() != 2
+                or not output.requires_grad):
+            return
+        logits = output.detach()
+
+        def read(grad: torch.Tensor) -> None:
+            labels = labels_from_grad(logits, grad)
+            if labels is not None:
+                self.probe.offer_targets(step, labels)
+
+        output.register_hook(read)
+
+    def observe_targets(self, step: int, targets: Any) -> None:
+        self.probe.offer_targets(step, targets)
+
+    def new_data(self) -> None:
+        """The data changed: at the next boundary every dropped cohort is checked for a return."""
+        self._changed = True
+
+    # ----------------------------------------------------------------- the decision
+    def may_decide(self, step: int) -> bool:
+        return step % self.interval == 0
+
+    def _decide(self, step: int) -> list[str]:
+        if self.total_steps is None and self.optimizer is not None and step in (2, self.interval):
+            length = run_length(self.optimizer, step)  # where the loop's LR scheduler states it
+            if length is not None:
+                self.set_total_steps(length)
+        if self.net is None or self.tracker is None or step % self.interval:
+            return []
+        live = self.live()
+        lr = self._lr_sum / self._lr_n if self._lr_n else 1.0
+        self._lr_sum, self._lr_n = 0.0, 0
+        scores = self.tracker.update([u.name for u in live], lr)
+        for u in live:
+            if u.name in scores:
+                u.scores.append({"step": step, **scores[u.name]})
+        held = self.held_out if self.held_out is not None else self.probe
+        if not len(held):
+            return []
+        self._returning = self._judge([t for t in self.on_trial if t["end"] <= step], step)
+        if self._returning:
+            self.last_loss = None  # the network changes back: its loss is measured afresh
+            return []  # and units are chosen from the next boundary on
+        over = self.check_work + self._last_work > _CHECK_SHARE * self.train_work  # the next check included
+        if over and not (self.cohorts and self.returns):
+            return []  # over budget, and no dropped unit whose return a jump of the loss could call for
+        cands = [] if over else self._candidates(step, scores)
+        if not cands and not (self.cohorts and self.returns):
+            return []
+        sizes = sorted({max(1, len(cands) >> i) for i in range(len(cands).bit_length())}, reverse=True)
+        graphs = [self.net.candidate_graph([u.name for u in cands[:n]], "train") for n in sizes]
+        res = self._losses(held, graphs)
+        before, self.last_loss = self.last_loss, res.now
+        jumped = self._changed or (before is not None and res.now > _JUMP_RATIO * before
+                                   and res.now - before > _JUMP_MIN)
+        self._changed = False
+        if jumped and self.cohorts and self.returns:
+            self._returning = self._check_returns(held, step)
+            return []
+        if not cands:
+            return []
+        # a drop may undo what training's last interval gained, and at most a third of what it gained since
+        # the untrained network's loss (ln C): early a lot, late little; and always `tolerance` of the loss
+        bound = self.tolerance * res.now
+        if res.labelled:
+            gained = math.log(res.classes) - res.now
+            last = (before - res.now) if before is not None else gained
+            bound = max(bound, min(gained / 3, last))
+        chosen: list[str] = []
+        for n, loss in zip(sizes, res.candidates):
+            ok = loss - res.now <= bound
+            self._record(step, "drop", [u.name for u in cands[:n]], res.now, loss, ok, res.labelled)
+            if ok and not chosen:
+                chosen, self.last_loss = [u.name for u in cands[:n]], loss
+        if not chosen:
+            self._refuse(cands[0].name, step)
+        elif res.labelled:
+            self._trial = {"names": chosen, "end": step + _PROBATION * self.interval, "before": res.now,
+                           "bound": bound, "held": held.head(len(held))}
+        return chosen
+
+    def _judge(self, due: list[dict], step: int) -> list[str]:
+        """Cohorts whose probation ended: on the rows held when they were dropped, the network now must be
+        back to the loss it had there before the drop, within the bound the drop passed; else they return
+        (their weights as when dropped)."""
+        back = []
+        for t in due:
+            self.on_trial.remove(t)
+            now = self._losses(t["held"], []).now
+            ok = now - t["before"] <= t["bound"]
+            self._record(step, "probation", t["names"], t["before"], now, ok, True)
+            back += [] if ok else t["names"]
+        return back
+
+    def _candidates(self, step: int, scores: dict[str, dict[str, float]]) -> list:
+        """Live units that may go now, stalled first, then in graph order, cut at ``target_speedup``."""
+        assert self.net is not None
+        boundary = step // self.interval
+        cands = [u for u in self.live() if u.name not in self.never and self.wait.get(u.name, (0, 1))[0] <= boundary]
+        cands.sort(key=lambda u: not self._stalled(scores.get(u.name)))  # stable: graph order within each
+        if self.target_speedup is None:
+            return cands
+        full, left = max(self.net.full_flops("train"), 1), self.net.flops("train")
+        out = []
+        for u in cands:
+            if left / full <= 1 / self.target_speedup:
+                break
+            out.append(u)
+            left -= u.flops
+        return out
+
+    def _stalled(self, s: dict[str, float] | None) -> bool:
+        return s is not None and math.isfinite(s.get("plateau", math.nan)) and s["plateau"] <= self.plateau
+
+    def _check_returns(self, held: Probe, step: int, cohorts: list[list[str]] | None = None,
+                       kind: str = "return") -> list[str]:
+        """Each cohort (default: every dropped one) put back alone, in one pass: those that lower the held
+        loss by more than the tolerance return."""
+        assert self.net is not None
+        cohorts = [names for _, names in self.cohorts] if cohorts is None else cohorts
+        graphs = [self.net.candidate_graph([], "train", restore=names) for names in cohorts]
+        res = self._losses(held, graphs)
+        if not res.labelled:  # against its own predictions no network does better: nothing to learn
+            return []
+        back = []
+        for names, loss in zip(cohorts, res.candidates):
+            ok = rise(res.now, loss) < -self.tolerance
+            self._record(step, kind, names, res.now, loss, ok, True)
+            back += names if ok else []
+        if not back:
+            return []
+        self.last_loss = min(res.candidates)
+        return back
+
+    def _agree(self) -> None:
+        assert self.net is not None
+        back, self.wait = agree((list(self._returning), dict(self.wait)))
+        self._returning = []
+        if not back:
+            return
+        self.net.restore(*back)
+        self.restored.append((self.net.steps, list(back)))
+        self.cohorts = [(s, [n for n in names if n not in back]) for s, names in self.cohorts]
+        self.cohorts = [(s, names) for s, names in self.cohorts if names]
+        self.on_trial = [t for t in self.on_trial if not set(t["names"]) & set(back)]
+        for n in back:
+            self._fresh_optimizer_state(n)
+            self._refuse(n, self.net.steps, at_least=4)
+        self._recalibrate()
+        log.info("fxdrop: step %d: %s returned", self.net.steps, back)
+
+    def committed(self, names: list[str]) -> None:
+        """Told after the wrapper dropped ``names``: a cohort, and BatchNorm statistics that follow it."""
+        if not names or self.net is None or self.tracker is None:
+            return
+        self.cohorts.append((self.net.steps, list(names)))
+        if self._trial is not None and self._trial["names"] == list(names):
+            self.on_trial.append(self._trial)
+        self._trial = None
+        for n in names:
+            self.tracker.forget(n)
+            self.wait.pop(n, None)
+        self._recalibrate()
+
+    # ----------------------------------------------------------------- helpers
+    def _fresh_optimizer_state(self, name: str) -> None:
+        """A returning unit starts its optimizer state afresh (momentum and Adam moments from before its
+        drop describe another network), as a newly added layer would."""
+        if self.optimizer is None or self.net is None:
+            return
+        for p in self.net.parameters_of(self.net.unit(name)):
+            self.optimizer.state.pop(p, None)
+
+    def _refuse(self, name: str, step: int, at_least: int = 1) -> None:
+        """``name`` is not tried again for 1, 2, 4, ... boundaries (at most ``_MAX_WAIT``)."""
+        wait = max(self.wait.get(name, (0, 1))[1], at_least)
+        self.wait[name] = (step // self.interval + wait, min(2 * wait, _MAX_WAIT))
+
+    def _losses(self, held: Probe, graphs: list):
+        assert self.net is not None
+        current = self._train_graph()
+        res = held_losses(self.net.model, current, graphs, held, self.net.steps)
+        work = res.work * self._fraction(current)
+        self.check_work += work
+        if graphs:
+            self._last_work = work
+        return res
+
+    def _recalibrate(self) -> int:
+        """Re-estimate BatchNorm statistics for the graph as it is now, on the held training batches."""
+        assert self.net is not None
+        if not len(self.probe):
+            return 0
+        graph = self._train_graph()
+        self.check_work += self.probe.rows * self._fraction(graph)
+        return recalibrate_batchnorm(self.net.model, graph, self.probe)
+
+    def _train_graph(self):
+        assert self.net is not None
+        return self.net.graph_module if self.net.training else self.net.candidate_graph([], "train")
+
+    def _fraction(self, gm=None) -> float:
+        """The forward FLOPs of ``gm`` (default: the current training graph) as a share of the full one's."""
+        if self.net is None or self.net._units is None:
+            return 1.0
+        full = max(self.net.full_flops("train"), 1)
+        return (node_flops(gm.graph.nodes) if gm is not None else self.net.flops("train")) / full
+
+    def _record(self, step: int, kind: str, names: list[str], now: float, other: float, ok: bool,
+                labelled: bool) -> None:
+        self.checks.append({"step": step, "kind": kind, "units": list(names), "loss": now, "loss_with": other,
+                            "rise": rise(now, other), "accepted": ok, "labelled": labelled})
+
+    @property
+    def check_share(self) -> float:
+        """The compute checks and BatchNorm re-estimation ran, as a share of training's (both counted in
+        forward FLOPs, a training row as three forward rows)."""
+        return self.check_work / self.train_work if self.train_work else 0.0
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd.update(tracker=self.tracker.state_dict() if self.tracker is not None else None,
+                  lr=(self._lr_sum, self._lr_n), wait={k: list(v) for k, v in self.wait.items()},
+                  probe=self.probe.state_dict(), held_out=self.held_out.state_dict() if self.held_out else None,
+                  checks=[dict(c) for c in self.checks], work=(self.train_work, self.check_work),
+                  cohorts=[[s, list(n)] for s, n in self.cohorts], last_loss=self.last_loss,
+                  changed=self._changed, on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
+                  schedule={"interval": self.interval, "total_steps": self.total_steps})
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        super().load_state_dict(sd)
+        if sd.get("tracker") is not None and self.tracker is not None:
+            self.tracker.load_state_dict(sd["tracker"])
+        self._lr_sum, self._lr_n = sd.get("lr", (0.0, 0))
+        self.wait = {k: (int(v[0]), int(v[1])) for k, v in sd.get("wait", {}).items()}
+        sched = sd.get("schedule") or {}
+        self.total_steps = sched.get("total_steps", self.total_steps)
+        self._set_interval(int(sched.get("interval", self.interval)))
+        self.probe.load_state_dict(sd.get("probe") or {})
+        if sd.get("held_out") is not None:
+            self.held_out = Probe(_HELD_BATCHES, 2 * _HELD_ROWS)
+            self.held_out.load_state_dict(sd["held_out"])
+        self.checks = [dict(c) for c in sd.get("checks", [])]
+        self.train_work, self.check_work = (float(v) for v in sd.get("work", (0.0, 0.0)))
+        self.cohorts = [(int(s), list(n)) for s, n in sd.get("cohorts", [])]
+        self.last_loss = sd.get("last_loss")
+        self._changed = bool(sd.get("changed", False))
+        self.on_trial = []
+        for t in sd.get("on_trial", []):
+            held = Probe(_HELD_BATCHES, _HELD_ROWS)
+            held.load_state_dict(t["held"])
+            self.on_trial.append({**t, "held": held})
+
+
+def _interval_for(total_steps: int | None) -> int:
+    """About 20 boundaries over a run of known length (8 to 50 steps apart), every 16 steps otherwise."""
+    if total_steps is None:
+        return _UNKNOWN_LENGTH_INTERVAL
+    return min(50, max(8, total_steps // 20))
+
+
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v: object, least: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def _check_arg(name: str, value: object, ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"LearnAndDrop: {name} must be {what}, got {value!r}")

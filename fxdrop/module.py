@@ -128,6 +128,13 @@ class DropNet(nn.Module):
         self._full = {"train": full_train, "eval": full_eval}
         self._current = dict(self._full)
         self._compiled.clear()
+        # why a module the graph calls is kept whole, where fxdrop decided it (per-node facts in node.meta)
+        why = {**{k: "hooks" for k in self._traced.hooked}, **self._traced.reasons}
+        if why:
+            for gm in {id(g): g for g in self._full.values()}.values():
+                for node in gm.graph.nodes:
+                    if node.op == "call_module" and node.target in why:
+                        node.meta["fxdrop_kept_whole"] = why[node.target]
 
     def _replace_train_graph(self, graph: fx.Graph) -> None:
         """Swap in a rewritten train graph (a baseline such as stochastic depth); units are cleared since

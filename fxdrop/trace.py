@@ -19,9 +19,13 @@ from torch import nn
 
 from .errors import TraceError
 
-__all__ = ["FxdropTracer", "TraceResult", "trace", "DEFAULT_LEAF_TYPES", "ModelSnapshot", "has_hooks", "HOOK_DICTS"]
+__all__ = ["FxdropTracer", "TraceResult", "trace", "DEFAULT_LEAF_TYPES", "ModelSnapshot", "has_hooks", "HOOK_DICTS",
+           "keeps_running_stats"]
 
 log = logging.getLogger(__name__)
+
+
+_STATEFUL_NORMS: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def _default_leaf_types() -> tuple[type, ...]:
@@ -29,7 +33,7 @@ def _default_leaf_types() -> tuple[type, ...]:
     # ``num_batches_tracked``, ``track_running_stats``) stay leaves, so ``Module.__call__`` runs them and
     # that state is read at call time, not frozen into the graph at trace time (fx-notes item 14):
     # every BatchNorm subclass (timm's ``BatchNormAct2d`` included) and every InstanceNorm.
-    types: list[type] = [nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm]
+    types: list[type] = list(_STATEFUL_NORMS)
     try:  # torchvision's StochasticDepth bakes ``self.training`` into the graph when traced through
         from torchvision.ops import StochasticDepth
 
@@ -40,6 +44,13 @@ def _default_leaf_types() -> tuple[type, ...]:
 
 
 DEFAULT_LEAF_TYPES: tuple[type, ...] = _default_leaf_types()
+
+def keeps_running_stats(m: nn.Module) -> bool:
+    """Whether ``m`` is a normalisation layer with running statistics of its own (any BatchNorm or
+    InstanceNorm, or a module holding a ``running_var``/``running_mean`` buffer itself, such as timm's
+    EvoNorm or InplaceAbn): its forward reads ``self.training`` and updates buffers, so it is kept whole."""
+    return isinstance(m, _STATEFUL_NORMS) or "running_var" in m._buffers or "running_mean" in m._buffers
+
 
 # the per-module hook dicts ``Module.__call__`` runs: a module traced through never runs them
 HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
@@ -116,7 +127,7 @@ class FxdropTracer(fx.Tracer):
         self.hooked: dict[str, nn.Module] = {}  # submodules kept whole only because they have hooks
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
+        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types) or keeps_running_stats(m):
             return True
         leaf = super().is_leaf_module(m, module_qualified_name)
         if not leaf and module_qualified_name and has_hooks(m):

@@ -318,3 +318,32 @@ def test_plan_carries_fades_like_export_and_the_drop_state():
         c = other(x)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(a, c, rtol=0, atol=0)
+
+
+def test_norms_with_running_statistics_of_their_own_read_their_state_when_called():
+    """timm's EvoNorm is no BatchNorm subclass but keeps a ``running_var`` and reads ``self.training``:
+    kept whole, so freezing it (``.eval()``) works and it is never the anchor of a unit."""
+    layers = pytest.importorskip("timm.layers")
+
+    class Block(nn.Module):
+        def __init__(self, c: int):
+            super().__init__()
+            self.conv = nn.Conv2d(c, c, 3, padding=1)
+            self.norm = layers.EvoNorm2dB0(c)
+
+        def forward(self, x):
+            return x + self.norm(self.conv(x))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layers.EvoNorm2dB0(8), Block(8), Block(8),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    x = torch.randn(4, 3, 8, 8)
+    net = fxdrop.wrap(model, example_inputs=(x,))
+    assert [u.name for u in net.units] == ["2", "3"]
+    ref = copy.deepcopy(model)
+    model.train()
+    ref.train()
+    model[2].norm.eval()
+    ref[2].norm.eval()
+    _same(net(x), ref(x), "train output with one norm frozen")
+    _same_state(model, ref)

@@ -5,6 +5,11 @@ GoogLeNet traces differently in train and eval mode; most models share one graph
 submodules that had to be made leaves. A submodule whose ``forward`` cannot be traced symbolically
 (data-dependent ``if``, ``len()`` of a proxy, iteration over a proxy, ...) is made a leaf and the trace
 is retried, so one awkward block does not stop the rest of the model from being droppable.
+
+Kept whole as well, so that ``Module.__call__`` runs them: normalisation layers with running statistics
+(every BatchNorm subclass, InstanceNorm, any module holding a ``running_var``), whose forward reads
+``self.training``, ``momentum`` and ``num_batches_tracked`` at call time, and submodules that have hooks
+when traced (so their hooks fire). :class:`TraceResult` lists the submodules traced through.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ def _default_leaf_types() -> tuple[type, ...]:
 
 
 DEFAULT_LEAF_TYPES: tuple[type, ...] = _default_leaf_types()
+
 
 def keeps_running_stats(m: nn.Module) -> bool:
     """Whether ``m`` is a normalisation layer with running statistics of its own (any BatchNorm or

@@ -24,8 +24,8 @@ FAST = {"resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "shuffl
 # segmentation models return a dict ({"out": ..., "aux": ...}): wrapped, verified and dropped as the rest
 SEGMENTATION = torchvision.models.list_models(module=torchvision.models.segmentation)
 FAST_SEGMENTATION = {"lraspp_mobilenet_v3_large", "fcn_resnet50"}
-ZOO_PARAMS = [n if n in FAST | FAST_SEGMENTATION else pytest.param(n, marks=pytest.mark.slow)
-              for n in ZOO + SEGMENTATION]
+ZOO_PARAMS = [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in ZOO]
+SEGMENTATION_PARAMS = [n if n in FAST_SEGMENTATION else pytest.param(n, marks=pytest.mark.slow) for n in SEGMENTATION]
 # models that only accept one input size
 INPUT_SIZE = {"inception_v3": 299, "maxvit_t": 224, **{n: 224 for n in ALL if n.startswith("vit_")},
               **{n: 32 for n in SEGMENTATION}}
@@ -64,7 +64,7 @@ def test_zoo_lists_are_current():
     assert set(sorted(ALL, key=sizes.__getitem__)[-2:]) == SKIPPED
 
 
-@pytest.mark.parametrize("name", ZOO_PARAMS)
+@pytest.mark.parametrize("name", ZOO_PARAMS + SEGMENTATION_PARAMS)
 def test_torchvision_model(name):
     torch.manual_seed(0)
     kwargs = {"weights_backbone": None} if name in SEGMENTATION else {}

@@ -347,3 +347,29 @@ def test_norms_with_running_statistics_of_their_own_read_their_state_when_called
     ref[2].norm.eval()
     _same(net(x), ref(x), "train output with one norm frozen")
     _same_state(model, ref)
+
+
+class _MyDropout(nn.Module):
+    """Reads ``self.training`` in code the tracer goes through: each mode's graph holds its own value."""
+
+    def forward(self, x):
+        return F.dropout(x, 0.5, self.training)
+
+
+def test_a_traced_through_module_in_another_mode_than_the_model_is_refused_by_name():
+    model = nn.Sequential(nn.Linear(4, 4), _MyDropout(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 2))
+    net = fxdrop.wrap(model, example_inputs=(torch.randn(3, 4),))
+    assert not net._traced.same_graph
+    net(torch.randn(3, 4))
+    model[1].eval()  # the model itself still trains
+    with pytest.raises(fxdrop.TraceError, match=r"^1 \(_MyDropout\) is in eval mode while Sequential is in train mode.*"
+                                                r"leaf_modules=\['1'\]"):
+        net(torch.randn(3, 4))
+    model.eval()  # everything in one mode again: the eval graph, as the model would run
+    torch.testing.assert_close(net(torch.randn(3, 4, generator=torch.Generator().manual_seed(0))),
+                               model(torch.randn(3, 4, generator=torch.Generator().manual_seed(0))))
+    leafy = fxdrop.wrap(model, example_inputs=(torch.randn(3, 4),), leaf_modules=["1"])  # the way out
+    model.train()
+    model[1].eval()
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(leafy(x), model(x))

@@ -275,7 +275,8 @@ def trace(
     try:
         model.train()
         train_tracers: list[FxdropTracer] = []
-        g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons, tracers=train_tracers)
+        g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons,
+                              tracers=train_tracers)
         model.eval()
         n_leaves = len(auto)
         g_eval = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons, tracers=tracers)

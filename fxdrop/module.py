@@ -13,11 +13,12 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_flatten
+from torch.utils.hooks import RemovableHandle
 
 from .errors import DropStateError, NotInitializedError, TraceError, UnitError
 from .rewrite import blend, bypass
 from .shapes import node_flops, propagate
-from .trace import ModelSnapshot, TraceResult, trace
+from .trace import ModelSnapshot, TraceResult, has_hooks, trace
 from .units import Unit, find_units, level_depth
 
 __all__ = ["DropNet", "wrap", "apply_plan"]
@@ -74,8 +75,7 @@ class DropNet(nn.Module):
         share_module_state(self, model)
         self._level = level
         self._projections = projections
-        self.__dict__["_model"] = model
-        self.training = model.training
+        self.__dict__["_model"] = model  # from here on ``training`` is the model's own flag
         self._verify = verify
         self._compile_options: dict[str, Any] | None = (
             dict(compile) if isinstance(compile, dict) else ({} if compile else None)
@@ -91,6 +91,13 @@ class DropNet(nn.Module):
                 names = list(inspect.signature(model.forward).parameters)
                 self._baked = {k: (names.index(k), v) for k, v in concrete_args.items()}
         self._traced: TraceResult = trace(model, leaf_modules, autowrap_functions, concrete_args)
+        self._warn_hooked()
+        # hooks registered on a traced-through module after wrap would never run: every hook handle
+        # torch makes takes the next id, so an unchanged id means no hook was added anywhere since the
+        # last look (one integer compare per forward); otherwise the traced-through modules are looked at
+        self._hook_id = -1
+        self._mode_readers = self._modules_reading_training()
+        self._user_requires_grad: dict[str, bool] = {}  # parameter -> the user's flag, while fxdrop froze it
         self._full: dict[str, fx.GraphModule] = {}
         self._current: dict[str, fx.GraphModule] = {}
         self._build_graph_modules()
@@ -125,6 +132,13 @@ class DropNet(nn.Module):
         self._full = {"train": full_train, "eval": full_eval}
         self._current = dict(self._full)
         self._compiled.clear()
+        # why a module the graph calls is kept whole, where fxdrop decided it (per-node facts in node.meta)
+        why = {**{k: "hooks" for k in self._traced.hooked}, **self._traced.reasons}
+        if why:
+            for gm in {id(g): g for g in self._full.values()}.values():
+                for node in gm.graph.nodes:
+                    if node.op == "call_module" and node.target in why:
+                        node.meta["fxdrop_kept_whole"] = why[node.target]
 
     def _replace_train_graph(self, graph: fx.Graph) -> None:
         """Swap in a rewritten train graph (a baseline such as stochastic depth); units are cleared since
@@ -141,9 +155,25 @@ class DropNet(nn.Module):
                 self._rewrite()
         return self
 
+    # one training flag: the model's. ``net.train()``/``net.eval()`` and ``model.train()``/``model.eval()``
+    # are the same thing, and the graph run is the one of the model's mode (each module kept whole, a
+    # BatchNorm above all, reads its own flag when called)
+    @property
+    def training(self) -> bool:  # type: ignore[override]
+        model = self.__dict__.get("_model")
+        return model.training if model is not None else self.__dict__.get("_own_training", True)
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        model = self.__dict__.get("_model")
+        if model is None:  # nn.Module.__init__, before the model is known
+            self.__dict__["_own_training"] = mode
+        else:
+            model.training = mode
+
     def train(self, mode: bool = True) -> "DropNet":
+        """``model.train(mode)``: the model (the root and every submodule) and this wrapper share one flag."""
         super().train(mode)
-        self._model.training = mode
         return self
 
     @property
@@ -257,9 +287,16 @@ class DropNet(nn.Module):
                 m.training = mode
 
     def _check_against_model(self, out_model: Any, out_graph: Any) -> None:
-        flat_g, spec_g = tree_flatten(out_graph)
-        flat_m, spec_m = tree_flatten(out_model)
-        bad = spec_g != spec_m or len(flat_g) != len(flat_m)
+        flat_g, spec_g = tree_flatten(_plain(out_graph))
+        flat_m, spec_m = tree_flatten(_plain(out_model))
+        if spec_g != spec_m or len(flat_g) != len(flat_m):
+            raise TraceError(
+                f"the traced graph of {type(self._model).__name__} returns another output structure than the model "
+                f"on the example inputs (eval mode): {spec_g} against the model's {spec_m}. A Python-level branch "
+                "probably chose the structure at trace time: pass leaf_modules=['path.of.submodule'] for the "
+                "submodule that builds it, or concrete_args=, to fxdrop.wrap (or verify=False to skip this check)"
+            )
+        bad = False
         for a, b in zip(flat_g, flat_m):
             if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
                 bad = bad or a.shape != b.shape or not torch.allclose(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
@@ -421,7 +458,8 @@ class DropNet(nn.Module):
                 continue
             u.frozen = True
             changed.append(u.name)
-            for p in self.parameters_of(u):
+            for name, p in zip(u.params, self.parameters_of(u)):
+                self._user_requires_grad.setdefault(name, p.requires_grad)  # what unfreeze gives back
                 p.requires_grad_(False)
                 p.grad = None
         if changed:
@@ -430,14 +468,15 @@ class DropNet(nn.Module):
         return changed
 
     def unfreeze(self, *names: str) -> list[str]:
-        """Undo :meth:`freeze`; returns the names unfrozen now."""
+        """Undo :meth:`freeze`: each parameter gets back the ``requires_grad`` it had when frozen (one the
+        user had frozen stays frozen); returns the names unfrozen now."""
         units = [self.unit(n) for n in names]
         changed = [u.name for u in units if u.frozen]
         for u in units:
             if u.frozen:
                 u.frozen = False
-                for p in self.parameters_of(u):
-                    p.requires_grad_(True)
+                for name, p in zip(u.params, self.parameters_of(u)):
+                    p.requires_grad_(self._user_requires_grad.pop(name, True))
         return changed
 
     # ------------------------------------------------------------------ training loop integration
@@ -550,9 +589,11 @@ class DropNet(nn.Module):
         return gm
 
     def plan(self) -> dict[str, Any]:
-        """The drop plan (which units are dropped) that :func:`fxdrop.apply_plan` replays on a fresh model."""
+        """The drop plan (which units are dropped, which fade and by how much) that :func:`fxdrop.apply_plan`
+        replays on a fresh model: the same function as :meth:`export`."""
         return {"format": DROP_STATE_FORMAT, "model": type(self._model).__name__,
-                "units": [u.name for u in self._require_units()], "dropped": self.dropped}
+                "units": [u.name for u in self._require_units()], "dropped": self.dropped,
+                "fading": dict(self._fades)}
 
     # ------------------------------------------------------------------ FLOPs and reports
     def flops(self, mode: str | None = None) -> int:
@@ -632,6 +673,87 @@ class DropNet(nn.Module):
                     f"value instead, or example_kwargs={{{name!r}: ...}} if forward only computes with it"
                 )
 
+    def _warn_hooked(self) -> None:
+        hooked = self._traced.hooked
+        if hooked:
+            warnings.warn(
+                f"fxdrop: {', '.join(hooked[:6])}{' ...' if len(hooked) > 6 else ''} of {type(self._model).__name__} "
+                "have hooks, so they are kept whole (their hooks fire when the net calls them) and no unit inside "
+                "them can be dropped; register hooks after fxdrop.wrap on modules it keeps whole (leaves such as "
+                "convolutions and BatchNorms) to keep those units",
+                stacklevel=4,
+            )
+
+    def _modules_reading_training(self) -> list[tuple[str, nn.Module]]:
+        """Traced-through modules whose code mentions ``training``, when the train and eval graphs differ
+        (when they are the same graph, no module's flag changed what was traced): their flag was read at
+        trace time, so it must equal the model's when the net runs."""
+        if self._traced.same_graph:
+            return []
+        readers = []
+        for name, m in self._traced.traced_through.items():
+            if _reads_training(type(m)):
+                readers.append((name, m))
+        return readers
+
+    def _check_runtime(self) -> None:
+        """What the graph cannot honour, refused by name: a hook added after wrap to a module the graph
+        traced through, and a module whose traced code read ``self.training`` left in another mode than
+        the model. Costs one integer compare per call (plus a flag per such module, when any)."""
+        if RemovableHandle.next_id != self._hook_id:
+            hooked = [(n, m) for n, m in self._traced.traced_through.items() if has_hooks(m)]
+            if hooked:
+                name, m = hooked[0]
+                raise TraceError(
+                    f"{name} ({type(m).__name__}) of {type(self._model).__name__} got a hook after fxdrop.wrap traced "
+                    "through it: its forward is part of the net's graph, so the hook would never run. Register the "
+                    f"hook before fxdrop.wrap (or pass leaf_modules=[{name!r}]): {name} is then kept whole and its "
+                    "hooks fire, but no unit inside it can be dropped; or hook a module the graph keeps whole "
+                    "(net.graph_module's call_module targets)"
+                )
+            self._hook_id = RemovableHandle.next_id
+        if self._mode_readers:
+            mode = self._model.training
+            for name, m in self._mode_readers:
+                if m.training != mode:
+                    raise TraceError(
+                        f"{name} ({type(m).__name__}) is in {'train' if m.training else 'eval'} mode while "
+                        f"{type(self._model).__name__} is in {'train' if mode else 'eval'} mode: its forward reads "
+                        "self.training and was traced into the graph of each mode, so its own mode cannot be "
+                        f"honoured. Put it in the model's mode, or pass leaf_modules=[{name!r}] to fxdrop.wrap so "
+                        "that it reads its own flag when called"
+                    )
+
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``fn(*args, **kwargs)`` with the model's own forward and pre-forward hooks run around it, as
+        ``model(*args, **kwargs)`` runs them (the graph stands in for ``model.forward``)."""
+        model = self._model
+        if not (model._forward_pre_hooks or model._forward_hooks):
+            return fn(*args, **kwargs)
+        for hook_id, hook in list(model._forward_pre_hooks.items()):
+            if hook_id in model._forward_pre_hooks_with_kwargs:
+                res = hook(model, args, kwargs)
+                if res is not None:
+                    if not (isinstance(res, tuple) and len(res) == 2):
+                        raise RuntimeError(
+                            "forward pre-hook must return None or a tuple of (new_args, new_kwargs), "
+                            f"but got {res}."
+                        )
+                    args, kwargs = res
+            else:
+                res = hook(model, args)
+                if res is not None:
+                    args = res if isinstance(res, tuple) else (res,)
+        result = fn(*args, **kwargs)
+        for hook_id, hook in list(model._forward_hooks.items()):
+            if hook_id in model._forward_hooks_with_kwargs:
+                res = hook(model, args, kwargs, result)
+            else:
+                res = hook(model, args, result)
+            if res is not None:
+                result = res
+        return result
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._baked:
             self._check_baked(args, kwargs)
@@ -639,10 +761,12 @@ class DropNet(nn.Module):
             kwargs = {k: v for k, v in kwargs.items() if k not in self._baked}
         if self._units is None:
             self._initialize(tuple(args), dict(kwargs))
-        watched = self.training and self.policy is not None and torch.is_grad_enabled()
+        self._check_runtime()
+        training = self._model.training
+        watched = training and self.policy is not None and torch.is_grad_enabled()
         if watched:
             self.policy.observe_inputs(self.steps + 1, args, kwargs)  # held batches for drop checks
-        out = self._callable("train" if self.training else "eval")(*args, **kwargs)
+        out = self._call(self._callable("train" if training else "eval"), args, kwargs)
         if watched:
             self.policy.observe_output(self.steps + 1, out)  # labels read off the loss's gradient
         return out
@@ -651,6 +775,42 @@ class DropNet(nn.Module):
         if self._units is None:
             return "units=unknown until the first forward"
         return f"units={len(self._units)}, dropped={len(self.dropped)}"
+
+
+_READS_TRAINING: dict[type, bool] = {}
+
+
+def _reads_training(cls: type) -> bool:
+    """Whether the code of ``cls`` (or a base class below ``nn.Module``) mentions ``training``; a class
+    whose source cannot be read counts as reading it."""
+    if cls not in _READS_TRAINING:
+        found = False
+        for c in cls.__mro__:
+            if c in (nn.Module, object) or c.__module__.startswith("torch.nn"):
+                continue
+            try:
+                src = inspect.getsource(c)
+            except (OSError, TypeError):
+                found = True
+                break
+            if "training" in src:
+                found = True
+                break
+        _READS_TRAINING[cls] = found
+    return _READS_TRAINING[cls]
+
+
+def _plain(x: Any) -> Any:
+    """``x`` with fx's ``immutable_dict``/``immutable_list`` (what ``fx.Interpreter`` returns) and
+    ``OrderedDict`` as plain ``dict``/``list``, named tuples kept: structures compare as the model's."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    if isinstance(x, tuple):
+        items = [_plain(v) for v in x]
+        return type(x)(*items) if hasattr(x, "_fields") else tuple(items)
+    return x
 
 
 def _none_defaults(model: nn.Module, n_positional: int, given: set[str]) -> dict[str, Any]:
@@ -736,4 +896,6 @@ def apply_plan(model: nn.Module, plan: dict[str, Any], example_inputs: Sequence[
     if plan.get("units") is not None and plan["units"] != [u.name for u in net.units]:
         raise DropStateError(f"this plan was made for a {plan.get('model')} with other units than this {type(model).__name__}")
     net.drop(*plan["dropped"])
+    for name, alpha in (plan.get("fading") or {}).items():
+        net.fade(name, float(alpha))
     return net.export()

@@ -189,31 +189,48 @@ def preserved_state(model: nn.Module, seed: int = 0) -> Iterator[Callable[[], No
 
 
 def recalibrate_batchnorm(model: nn.Module, forward: Callable[..., Any], probe: Probe) -> int:
-    """Re-estimate the running statistics of every BatchNorm of ``model`` (which tracks them) as the
-    plain average over the probe's batches run through ``forward`` in training mode; returns how many
-    layers were updated. Nothing else changes: the global RNG is forked, other buffers restored."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    """Re-estimate the running statistics of the BatchNorm layers of ``model`` that ``forward`` runs in
+    training mode, as the plain average over the probe's batches; returns how many layers that changed.
+
+    A layer the user froze (in eval mode) runs in eval mode while the batches pass and keeps its
+    statistics; a layer ``forward`` does not call (a dropped unit's) keeps them too, as does one that does
+    not track running statistics. Which layers run is counted by a forward pre-hook on each, removed
+    afterwards. Nothing else changes: the global RNG is forked, ``momentum`` and ``num_batches_tracked``
+    are put back, other buffers restored."""
+    bns = [m for m in model.modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None]
     if not bns or not len(probe):
         return 0
-    keep = [b for m in model.modules() for b in m.buffers(recurse=False) if not isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    targets = [m for m in bns if m.training]  # frozen layers run in eval mode and are left as they are
+    if not targets:
+        return 0
+    keep = [b for m in model.modules() for b in m.buffers(recurse=False) if not any(m is t for t in targets)]
     saved_other = [b.detach().clone() for b in keep]
     state = [(m, m.momentum, m.num_batches_tracked.clone(), m.running_mean.clone(), m.running_var.clone())
-             for m in bns]
+             for m in targets]
+    called: set[int] = set()
+
+    def count(m: nn.Module, args: Any) -> None:
+        called.add(id(m))
+
+    handles = [m.register_forward_pre_hook(count) for m in targets]
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            for m in bns:
+            for m in targets:
                 m.reset_running_stats()
                 m.momentum = None  # cumulative average over the probe batches
             for args, kwargs in probe:
                 forward(*args, **kwargs)
     finally:
+        for h in handles:
+            h.remove()
         with torch.no_grad():
             for m, momentum, nbt, mean, var in state:
-                if int(m.num_batches_tracked) == 0:  # not in the graph (a dropped unit's): keep its statistics
+                if id(m) not in called:  # not in the graph (a dropped unit's): keep its statistics
                     m.running_mean.copy_(mean)
                     m.running_var.copy_(var)
                 m.momentum = momentum
                 m.num_batches_tracked.copy_(nbt)
             for b, s in zip(keep, saved_other):
                 b.copy_(s)
-    return len(bns)
+    return sum(1 for m in targets if id(m) in called)

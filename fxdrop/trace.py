@@ -5,6 +5,11 @@ GoogLeNet traces differently in train and eval mode; most models share one graph
 submodules that had to be made leaves. A submodule whose ``forward`` cannot be traced symbolically
 (data-dependent ``if``, ``len()`` of a proxy, iteration over a proxy, ...) is made a leaf and the trace
 is retried, so one awkward block does not stop the rest of the model from being droppable.
+
+Kept whole as well, so that ``Module.__call__`` runs them: normalisation layers with running statistics
+(every BatchNorm subclass, InstanceNorm, any module holding a ``running_var``), whose forward reads
+``self.training``, ``momentum`` and ``num_batches_tracked`` at call time, and submodules that have hooks
+when traced (so their hooks fire). :class:`TraceResult` lists the submodules traced through.
 """
 
 from __future__ import annotations
@@ -19,13 +24,21 @@ from torch import nn
 
 from .errors import TraceError
 
-__all__ = ["FxdropTracer", "TraceResult", "trace", "DEFAULT_LEAF_TYPES", "ModelSnapshot"]
+__all__ = ["FxdropTracer", "TraceResult", "trace", "DEFAULT_LEAF_TYPES", "ModelSnapshot", "has_hooks", "HOOK_DICTS",
+           "keeps_running_stats"]
 
 log = logging.getLogger(__name__)
 
 
+_STATEFUL_NORMS: tuple[type, ...] = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
 def _default_leaf_types() -> tuple[type, ...]:
-    types: list[type] = []
+    # Modules whose forward reads their own state (``self.training``, ``momentum``,
+    # ``num_batches_tracked``, ``track_running_stats``) stay leaves, so ``Module.__call__`` runs them and
+    # that state is read at call time, not frozen into the graph at trace time (fx-notes item 14):
+    # every BatchNorm subclass (timm's ``BatchNormAct2d`` included) and every InstanceNorm.
+    types: list[type] = list(_STATEFUL_NORMS)
     try:  # torchvision's StochasticDepth bakes ``self.training`` into the graph when traced through
         from torchvision.ops import StochasticDepth
 
@@ -36,6 +49,22 @@ def _default_leaf_types() -> tuple[type, ...]:
 
 
 DEFAULT_LEAF_TYPES: tuple[type, ...] = _default_leaf_types()
+
+
+def keeps_running_stats(m: nn.Module) -> bool:
+    """Whether ``m`` is a normalisation layer with running statistics of its own (any BatchNorm or
+    InstanceNorm, or a module holding a ``running_var``/``running_mean`` buffer itself, such as timm's
+    EvoNorm or InplaceAbn): its forward reads ``self.training`` and updates buffers, so it is kept whole."""
+    return isinstance(m, _STATEFUL_NORMS) or "running_var" in m._buffers or "running_mean" in m._buffers
+
+
+# the per-module hook dicts ``Module.__call__`` runs: a module traced through never runs them
+HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+
+
+def has_hooks(m: nn.Module) -> bool:
+    """Whether ``m`` has forward, pre-forward or backward hooks of its own (``Module.__call__`` runs them)."""
+    return any(getattr(m, d, None) for d in HOOK_DICTS)
 
 
 class ModelSnapshot:
@@ -100,19 +129,27 @@ class FxdropTracer(fx.Tracer):
         super().__init__(autowrap_functions=tuple(autowrap_functions))
         self.leaf_types = tuple(t for t in leaf_modules if isinstance(t, type)) + DEFAULT_LEAF_TYPES
         self.leaf_names = {n for n in leaf_modules if isinstance(n, str)}
+        self.traced_through: dict[str, nn.Module] = {}  # non-leaf submodules whose forward was inlined
+        self.hooked: dict[str, nn.Module] = {}  # submodules kept whole only because they have hooks
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
+        if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types) or keeps_running_stats(m):
             return True
-        return super().is_leaf_module(m, module_qualified_name)
+        leaf = super().is_leaf_module(m, module_qualified_name)
+        if not leaf and module_qualified_name and has_hooks(m):
+            self.hooked.setdefault(module_qualified_name, m)
+            return True  # kept whole so that its hooks fire when the graph calls it
+        return leaf
 
     def call_module(self, m, forward, args, kwargs):
+        path = self.path_of_module(m)
+        if not self.is_leaf_module(m, path):
+            self.traced_through.setdefault(path, m)
         try:
             return super().call_module(m, forward, args, kwargs)
         except _Untraceable:
             raise
         except Exception as e:
-            path = self.path_of_module(m)
             if self.is_leaf_module(m, path):
                 raise
             raise _Untraceable(path, m, e) from e
@@ -125,6 +162,11 @@ class TraceResult:
     graphs: dict[str, fx.Graph]
     auto_leaves: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
+    # submodules (qualified name -> module) whose forward was inlined into a graph: their hooks and
+    # any state their forward reads are not seen at run time
+    traced_through: dict[str, nn.Module] = field(default_factory=dict)
+    # submodules kept whole because they had hooks when traced
+    hooked: list[str] = field(default_factory=list)
 
     @property
     def same_graph(self) -> bool:
@@ -139,12 +181,16 @@ def _trace_once(
     auto: list[str],
     reasons: dict[str, str],
     fallback: bool = True,
+    tracers: list[FxdropTracer] | None = None,
 ) -> fx.Graph:
     max_retries = sum(1 for _ in model.modules())
     for _ in range(max_retries + 1):
         tracer = FxdropTracer(list(leaf_modules) + auto, autowrap_functions)
         try:
-            return tracer.trace(model, concrete_args=concrete_args)
+            graph = tracer.trace(model, concrete_args=concrete_args)
+            if tracers is not None:
+                tracers.append(tracer)
+            return graph
         except _Untraceable as e:
             if e.path in auto:  # pragma: no cover - a leaf never raises _Untraceable
                 raise
@@ -221,25 +267,33 @@ def trace(
     leaf_modules = list(leaf_modules)
     auto: list[str] = []
     reasons: dict[str, str] = {}
+    tracers: list[FxdropTracer] = []
     # tracing runs Python code of the model on real buffers (timm's BatchNormAct2d does
     # ``self.num_batches_tracked.add_(1)`` while traced in train mode): put them back afterwards;
     # parameters are proxies while tracing, never touched
     snapshot = ModelSnapshot(model, parameters=False)
     try:
         model.train()
-        g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons)
+        train_tracers: list[FxdropTracer] = []
+        g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons,
+                              tracers=train_tracers)
         model.eval()
         n_leaves = len(auto)
-        g_eval = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons)
+        g_eval = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons, tracers=tracers)
         if len(auto) > n_leaves:
             # a leaf found in the eval trace must be a leaf in the train graph too (one module view)
             model.train()
-            g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons)
+            train_tracers = []
+            g_train = _trace_once(model, leaf_modules, autowrap_functions, concrete_args, auto, reasons,
+                                  tracers=train_tracers)
+        tracers += train_tracers
     finally:
         snapshot.restore()
     if _graph_signature(g_train) == _graph_signature(g_eval):
         g_eval = g_train
-    return TraceResult({"train": g_train, "eval": g_eval}, auto, reasons)
+    through = {k: v for t in tracers for k, v in t.traced_through.items() if k}  # the root is not a submodule
+    hooked = sorted({k for t in tracers for k in t.hooked})
+    return TraceResult({"train": g_train, "eval": g_eval}, auto, reasons, through, hooked)
 
 
 def _graph_signature(g: fx.Graph) -> str:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .shapes import node_flops, same_tensor_meta, tensor_meta
+from .trace import keeps_running_stats
 
 __all__ = ["Unit", "UnitSite", "find_units", "is_inplace", "level_depth"]
 
@@ -163,10 +164,15 @@ def _params_of(n: fx.Node, modules: dict[str, nn.Module], gm: fx.GraphModule) ->
 def _is_anchor(n: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if n.op == "call_module":
         m = modules[n.target]
-        return not isinstance(m, _NORM_TYPES) and any(True for _ in m.parameters())
+        return not _is_norm(m) and any(True for _ in m.parameters())
     if n.op == "call_function" and n.target in _ANCHOR_FUNCTIONS:
         return any(a.op == "get_attr" for a in n.all_input_nodes)
     return False
+
+
+def _is_norm(m: nn.Module) -> bool:
+    """A normalisation layer (never the anchor of a unit): torch's, or one with running statistics."""
+    return isinstance(m, _NORM_TYPES) or keeps_running_stats(m)
 
 
 @dataclass
@@ -380,7 +386,7 @@ def _module_candidates(
                 members.setdefault(path, set()).add(n)
     found = []
     for path, nodes in members.items():
-        if path in modules and isinstance(modules[path], _NORM_TYPES):
+        if path in modules and _is_norm(modules[path]):
             continue  # a normalisation layer traced through is not a layer to drop, as for chains
         if not any(_is_anchor(r, modules) for r in nodes):
             continue

@@ -345,9 +345,19 @@ def test_untraceable_root_names_the_largest_traceable_child_and_the_way_forward(
     assert model.backbone.model[0].conv1.weight.grad is None
 
 
-class _BNAct(nn.BatchNorm2d):
-    """Like timm's BatchNormAct2d: a BatchNorm subclass with its own forward, so it is traced through and
-    the train graph holds ``training=True`` (and ``num_batches_tracked.add_(1)``) as constants."""
+class _BNAct(nn.Module):
+    """Like timm's BatchNormAct2d but not a BatchNorm subclass (those are kept whole): a module with its own
+    forward, so it is traced through and the train graph holds ``training=True`` (and
+    ``num_batches_tracked.add_(1)``) as constants."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
+        self.register_buffer("running_mean", torch.zeros(c))
+        self.register_buffer("running_var", torch.ones(c))
+        self.register_buffer("num_batches_tracked", torch.tensor(0))
+        self.momentum, self.eps = 0.1, 1e-5
 
     def forward(self, x):
         if self.training:

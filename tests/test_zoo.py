@@ -21,9 +21,14 @@ ZOO = [n for n in ALL if n not in SKIPPED]
 FAST = {"resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0",
         "squeezenet1_0", "densenet121", "googlenet", "regnet_x_400mf", "convnext_tiny", "swin_t", "vit_b_16",
         "mnasnet0_5"}
+# segmentation models return a dict ({"out": ..., "aux": ...}): wrapped, verified and dropped as the rest
+SEGMENTATION = torchvision.models.list_models(module=torchvision.models.segmentation)
+FAST_SEGMENTATION = {"lraspp_mobilenet_v3_large", "fcn_resnet50"}
 ZOO_PARAMS = [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in ZOO]
+SEGMENTATION_PARAMS = [n if n in FAST_SEGMENTATION else pytest.param(n, marks=pytest.mark.slow) for n in SEGMENTATION]
 # models that only accept one input size
-INPUT_SIZE = {"inception_v3": 299, "maxvit_t": 224, **{n: 224 for n in ALL if n.startswith("vit_")}}
+INPUT_SIZE = {"inception_v3": 299, "maxvit_t": 224, **{n: 224 for n in ALL if n.startswith("vit_")},
+              **{n: 32 for n in SEGMENTATION}}
 # models wrapped but with nothing to drop: asserted, so a model that gains units fails here
 NO_UNITS = {"densenet121", "densenet161", "densenet169", "densenet201"}
 # known failures {name: (exception type, message regex)}: asserted, so a fixed model fails the test
@@ -59,10 +64,11 @@ def test_zoo_lists_are_current():
     assert set(sorted(ALL, key=sizes.__getitem__)[-2:]) == SKIPPED
 
 
-@pytest.mark.parametrize("name", ZOO_PARAMS)
+@pytest.mark.parametrize("name", ZOO_PARAMS + SEGMENTATION_PARAMS)
 def test_torchvision_model(name):
     torch.manual_seed(0)
-    model = torchvision.models.get_model(name, weights=None)
+    kwargs = {"weights_backbone": None} if name in SEGMENTATION else {}
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
     size = INPUT_SIZE.get(name, 64)
     x = torch.randn(2, 3, size, size)
     if name in KNOWN_FAILURES:

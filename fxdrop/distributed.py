@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
@@ -112,6 +113,7 @@ def fully_shard(net: "DropNet", *, norms_in_float32: bool = True, **fsdp_kwargs:
     stay float32, which ``batch_norm`` refuses beside low-precision weights) keep float32 parameters, as
     ``norms_in_float32=True`` asks: a unit's BatchNorms form a second group of that unit, the other
     BatchNorms one group of their own (FSDP2's per-group ``mp_policy``; their inputs are not cast).
+    ``output_dtype`` applies to the network's output only (the root group).
 
     >>> net = fxdrop.wrap(model, example_inputs=(x,))                  # doctest: +SKIP
     >>> fxdrop.distributed.fully_shard(net, mp_policy=MixedPrecisionPolicy(param_dtype=torch.bfloat16))
@@ -124,6 +126,9 @@ def fully_shard(net: "DropNet", *, norms_in_float32: bool = True, **fsdp_kwargs:
     split = norms_in_float32 and mp is not None and mp.param_dtype not in (None, torch.float32)
     norm_kwargs = {**fsdp_kwargs, "mp_policy": MixedPrecisionPolicy(
         reduce_dtype=getattr(mp, "reduce_dtype", None), cast_forward_inputs=False)}
+    # a group casts each of its modules' outputs to output_dtype: that is for the network's output (the
+    # root), not for a unit's convolutions, whose outputs feed modules of the root group that no hook casts
+    unit_kwargs = {**fsdp_kwargs, "mp_policy": dataclasses.replace(mp, output_dtype=None)} if mp else fsdp_kwargs
 
     def is_norm(m: nn.Module) -> bool:
         return split and isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
@@ -134,7 +139,7 @@ def fully_shard(net: "DropNet", *, norms_in_float32: bool = True, **fsdp_kwargs:
 
     in_units = set()
     for group in unit_groups(net).values():
-        shard([m for m in group if not is_norm(m)], fsdp_kwargs)
+        shard([m for m in group if not is_norm(m)], unit_kwargs)
         shard([m for m in group if is_norm(m)], norm_kwargs)
         in_units.update(map(id, group))
     shard([m for m in net.model.modules() if is_norm(m) and id(m) not in in_units], norm_kwargs)

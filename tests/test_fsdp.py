@@ -34,7 +34,8 @@ def _build(mixed: bool):
     if mixed:
         from torch.distributed.fsdp import MixedPrecisionPolicy
 
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                                       output_dtype=torch.float32)
     fully_shard(net, **kwargs)
     return net, torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
 
@@ -110,7 +111,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str, mixed: bool) -> None
         with torch.no_grad():
             out, out_ref = net(x), ref(x)
         torch.save({"losses": losses, "snaps": snaps, "gathered": gathered, "sharded": sharded,
-                    "dropped": net.dropped, "out": out.float(), "out_ref": out_ref},
+                    "dropped": net.dropped, "out": out, "out_ref": out_ref},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -193,3 +194,31 @@ def test_fsdp_checkpoint_resumes_bit_for_bit(tmp_path):
         assert out["losses"] == out["resumed_losses"]
         for k in out["straight"]:
             torch.testing.assert_close(out["straight"][k], out["resumed"][k], rtol=0, atol=0, msg=k)
+
+
+def test_unit_groups_are_the_leaf_modules_or_an_error_names_the_way_out():
+    import fxdrop
+    from fxdrop.distributed import unit_groups
+    from tests.models import narrow_resnet18
+
+    net = fxdrop.wrap(narrow_resnet18(width=4), example_inputs=(torch.randn(1, 3, 16, 16),))
+    groups = unit_groups(net)
+    assert list(groups) == [u.name for u in net.units]
+    assert [type(m).__name__ for m in groups["layer1.1"]] == ["Conv2d", "BatchNorm2d", "Conv2d", "BatchNorm2d"]
+
+    class Functional(torch.nn.Module):  # the unit's weight is read as an attribute, not through a module call
+        def __init__(self):
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 4, 1)
+            self.weight = torch.nn.Parameter(torch.randn(4, 4, 1, 1))
+            self.head = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.stem(x)
+            x = x + F.conv2d(x, self.weight)
+            return self.head(x.mean((2, 3)))
+
+    net = fxdrop.wrap(Functional(), example_inputs=(torch.randn(1, 3, 4, 4),))
+    assert [u.params for u in net.units] == [("weight",)]
+    with pytest.raises(fxdrop.UnitError, match=r"parameter 'weight'.*reads as an attribute.*leaf_modules"):
+        unit_groups(net)

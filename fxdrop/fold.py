@@ -8,15 +8,17 @@ them, node for node, and only where the result is exact:
 * **a clamp on a clamped value**: ``g(f(y))`` where ``f`` and ``g`` are each ``relu`` (``torch.relu``,
   ``F.relu``, ``nn.ReLU``, ``x.relu()``, in-place or not) or ``hardtanh`` (``nn.ReLU6``, ``nn.Hardtanh``,
   ``F.relu6``, ``F.hardtanh``) and ``f``'s output range lies inside ``g``'s: ``g`` returns its input bit
-  for bit there (``-0.0`` and NaN included), and its gradient mask is zero only where ``f``'s already is
-  (the range's ends, which ``f`` reaches only by clamping), so gradients are exact too;
+  for bit there (``-0.0`` and NaN included), and its gradient mask is zero only at the ends of its range,
+  where ``f``'s mask is zero too (``f`` outputs an end only for an input at or beyond it), so gradients
+  are exact too;
 * **an identity**: an ``nn.Identity`` module call.
 
 Only the nodes the caller names (``candidates``: the former users of a bypassed unit, which
 :func:`fxdrop.rewrite.bypass` reports as ``rewired``) are considered, so nothing the user wrote is
-changed. A node is kept if folding it could let an in-place op mutate a tensor another node reads: any
-in-place op on the folded value, its input or a tensor sharing their storage, after the input was
-computed (fx-notes items 3 and 4). Nothing is removed by dead-code elimination: the folded node's users
+changed (a folded ``nn.ReLU`` or ``nn.Identity`` call no longer runs that module's hooks; a bypass's
+former users are mostly ``torch.relu`` calls already, :func:`fxdrop.rewrite.make_out_of_place`). A node
+is kept if folding it could let an in-place op mutate a tensor another node reads: any in-place op on
+the folded value, its input or a tensor sharing their storage, after the input was computed (fx-notes items 3 and 4). Nothing is removed by dead-code elimination: the folded node's users
 read its input and the node itself is erased.
 """
 

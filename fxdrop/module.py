@@ -16,6 +16,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.hooks import RemovableHandle
 
 from .errors import DropStateError, NotInitializedError, TraceError, UnitError
+from .fold import fold_redundant
 from .rewrite import blend, bypass
 from .shapes import node_flops, propagate
 from .trace import ModelSnapshot, TraceResult, has_hooks, trace
@@ -434,10 +435,12 @@ class DropNet(nn.Module):
         units = self._require_units()
         result = bypass(self._full[mode], [u.sites[mode] for u in units if u.name in drop])
         fading = [u for u in units if u.name in fades and u.name not in drop]
-        if not fading:
-            return result.graph_module
-        return blend(result.graph_module, [u.sites[mode] for u in fading], [fades[u.name] for u in fading],
-                     result.replaced).graph_module
+        gm = result.graph_module
+        if fading:
+            gm = blend(gm, [u.sites[mode] for u in fading], [fades[u.name] for u in fading], result.replaced).graph_module
+        if result.modified:  # node for node the thin network: no relu of a relu left by a bypass
+            gm = fold_redundant(gm, result.rewired, inplace=True).graph_module
+        return gm
 
     def _rewrite(self) -> None:
         dropped = set(self.dropped)

@@ -39,6 +39,8 @@ class RewriteResult:
     out_of_place: list[str] = field(default_factory=list)
     # bypassed exit -> the node that stands for it now (a later pass on the result resolves names with it)
     replaced: dict[str, str] = field(default_factory=dict)
+    # nodes that read a bypassed exit and read its entry now (where a bypass can leave a redundant op)
+    rewired: list[str] = field(default_factory=list)
 
 
 def _functional_twin(m: nn.Module) -> tuple[Callable, tuple] | None:
@@ -127,6 +129,7 @@ def bypass(gm: fx.GraphModule, sites: Sequence[UnitSite]) -> RewriteResult:
     for site in sorted(sites, key=lambda s: order[nodes[s.exit]]):
         entry, exit_node = resolve(site.entry), nodes[site.exit]
         former_users = sorted(exit_node.users, key=order.__getitem__)
+        result.rewired += [u.name for u in former_users if u.op != "output"]
         exit_node.replace_all_uses_with(entry)
         replaced[site.exit] = entry.name
         for name in reversed(site.nodes):

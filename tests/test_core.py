@@ -111,10 +111,18 @@ def test_inplace_relu_after_bypass_trains():
     net.train()
     net.drop("2", "3")
     loss_of(net(x)).backward()  # would raise "modified by an inplace operation" without the fix
-    # the in-place ReLUs of the dropped blocks' consumers were made out-of-place, not the modules
+    # the in-place ReLUs of the dropped blocks' consumers were made out-of-place, not the modules; each then
+    # read the stem's ReLU output and was folded away (fxdrop.fold): the graph is the stem alone
     assert model[2].relu.inplace and model[3].relu.inplace
-    code = net.graph_module.code
-    assert "torch.relu(" in code
+    assert "torch.relu(" not in net.graph_module.code
+    assert [n.target for n in net.graph_module.graph.nodes if n.op == "call_module"] == ["0", "1"]
+    # without a ReLU before them, the first dropped block's ReLU stays, out of place; the second is folded
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Block(4), Block(4))
+    net, x = _wrap(model, 2, 3, 6, 6)
+    net.train()
+    net.drop("1", "2")
+    loss_of(net(x)).backward()
+    assert model[1].relu.inplace and net.graph_module.code.count("torch.relu(") == 1
 
 
 def test_chain_units_in_mlp_and_head_is_not_a_unit():

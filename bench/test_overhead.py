@@ -1,4 +1,4 @@
-"""Costs fxdrop adds: scoring per training step, and the rewrite (+ recompile) per drop event."""
+"""Costs fxdrop adds: scoring per training step, a boundary's check, and the rewrite (+ recompile) per drop event."""
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ def test_scoring_overhead_per_step(benchmark, request):
     name, size = _model(request)
     dev = request.config.getoption("--bench-device")
     model = model_for(name, size, dev)
-    pol = fxdrop.LearnAndDrop(interval=INTERVAL, warmup=10**9)  # score, never drop
+    pol = fxdrop.LearnAndDrop(interval=INTERVAL)  # no batch held: it scores, it checks nothing
     net = fxdrop.wrap(model, example_inputs=(torch.randn(1, 3, size, size, device=dev),), policy=pol)
     benchmark.group = f"overhead {name}"
     benchmark.extra_info.update(model=name, size=size, device=dev, kind="scoring", interval=INTERVAL)
@@ -36,6 +36,30 @@ def test_scoring_overhead_per_step(benchmark, request):
 
     benchmark.pedantic(steps, rounds=max(3, rounds(request.config)), warmup_rounds=1)
     assert net.units[0].scores, "the benchmark must have scored"
+
+
+def test_check_per_boundary(benchmark, request):
+    """One boundary's check as LearnAndDrop runs it: the held batches (2 x 64 rows) through the current
+    graph and the candidate sets of 1, n/2 and n units, sharing their prefix (bench/report.py relates it
+    to the train-step time: a check per interval of k steps costs its time / k per step)."""
+    import torch.nn.functional as F
+
+    name, size = _model(request)
+    dev = request.config.getoption("--bench-device")
+    pol = fxdrop.LearnAndDrop(interval=10**6)
+    net = fxdrop.wrap(model_for(name, size, dev), example_inputs=(torch.randn(1, 3, size, size, device=dev),),
+                      policy=pol).train()
+    for step in range(2):  # two held batches with their labels (read off the loss's gradient)
+        pol.probe.stride = 1
+        out = net(torch.randn(64, 3, size, size, device=dev))
+        F.cross_entropy(out, torch.arange(64, device=dev) % out.shape[1]).backward()
+        net.step()
+    names = [u.name for u in net.units]
+    graphs = [net.candidate_graph(names[:n]) for n in sorted({len(names), max(1, len(names) // 2), 1})]
+    benchmark.group = f"overhead {name}"
+    benchmark.extra_info.update(model=name, size=size, device=dev, kind="check", interval=INTERVAL)
+    res = benchmark.pedantic(lambda: pol._losses(pol.probe, graphs), rounds=max(3, rounds(request.config)))
+    assert res.labelled and res.rows == 128 and len(res.candidates) == len(graphs)
 
 
 @pytest.mark.parametrize("mode", ["eager", pytest.param("compiled", marks=pytest.mark.slow)])

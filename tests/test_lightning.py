@@ -40,7 +40,7 @@ def test_callback_drops_logs_and_checkpoints(tmp_path, full):
     lit = LitNet(full)
     keys = list(lit.state_dict())
     cb = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),),
-                        policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3, check=False))
+                        policy=fxdrop.LearnAndDrop(interval=4, tolerance=0.99))
     logger = pl.loggers.CSVLogger(tmp_path)
     trainer = pl.Trainer(max_epochs=4, callbacks=[cb], logger=logger, enable_progress_bar=False, log_every_n_steps=1,
                          enable_model_summary=False, default_root_dir=tmp_path)
@@ -56,7 +56,7 @@ def test_callback_drops_logs_and_checkpoints(tmp_path, full):
     assert state["drop_state"]["dropped"] == cb.net.dropped
     lit2 = LitNet(full)
     cb2 = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),),
-                         policy=fxdrop.LearnAndDrop(interval=4, warmup=8, stop=0.3, check=False))
+                         policy=fxdrop.LearnAndDrop(interval=4, tolerance=0.99))
     trainer2 = pl.Trainer(max_epochs=5, callbacks=[cb2], logger=False, enable_progress_bar=False,
                           enable_model_summary=False, default_root_dir=tmp_path)
     trainer2.fit(lit2, _loader(), ckpt_path=ckpt)
@@ -69,8 +69,8 @@ def test_callback_tells_the_policy_the_run_length(tmp_path):
     """A LearnAndDrop not given total_steps learns it from the trainer before the first step (its interval
     derived from it, as if given); one given its own keeps it; other policies are left alone."""
     told, own = fxdrop.LearnAndDrop(), fxdrop.LearnAndDrop(total_steps=1000)
-    assert (told.total_steps, told.interval) == (None, 50)
-    for policy, expected in ((told, (24, 1, 1)), (own, (1000, 33, 8)), (fxdrop.NoDrop(), None)):
+    assert (told.total_steps, told.interval) == (None, 16)
+    for policy, expected in ((told, (24, 8, 4)), (own, (1000, 50, 25)), (fxdrop.NoDrop(), None)):
         cb = FxdropCallback("model", example_inputs=(torch.randn(1, 3, 32, 32),), policy=policy)
         trainer = pl.Trainer(max_epochs=3, callbacks=[cb], logger=False, enable_progress_bar=False,
                              enable_model_summary=False, default_root_dir=tmp_path, enable_checkpointing=False)

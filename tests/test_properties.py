@@ -87,7 +87,7 @@ def _resnet():
 
 
 def test_autocast_bf16_before_and_after_drop():
-    net = fxdrop.wrap(_resnet(), example_inputs=(torch.randn(1, 3, 32, 32),), policy=fxdrop.LearnAndDrop(interval=2, warmup=0))
+    net = fxdrop.wrap(_resnet(), example_inputs=(torch.randn(1, 3, 32, 32),), policy=fxdrop.LearnAndDrop(interval=2))
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
     x = torch.randn(4, 3, 32, 32)
     for i in range(6):

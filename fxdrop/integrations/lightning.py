@@ -33,7 +33,7 @@ __all__ = ["FxdropCallback"]
 class FxdropCallback(pl.Callback):
     """Wrap ``pl_module.<attr>`` with fxdrop, step its policy, log, checkpoint the drop state."""
 
-    def __init__(self, attr: str = "model", example_inputs: Sequence[Any] | None = None, policy: Any = None,
+    def __init__(self, attr: str = "model", example_inputs: Sequence[Any] | None = None, policy: Any = "default",
                  log_scores: bool = True, **wrap_kwargs: Any):
         self.attr, self.example_inputs, self.policy = attr, example_inputs, policy
         self.log_scores, self.wrap_kwargs = log_scores, wrap_kwargs
@@ -57,9 +57,8 @@ class FxdropCallback(pl.Callback):
         self._apply_pending()
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        # the policy's rules for a run of known length (a drop judged after its probation, nothing dropped
-        # in the final tenth, a budget over the whole run) need the length, which Lightning knows once its
-        # data is set up: tell it, unless the policy was given its own
+        # the policy derives its interval from the run's length, which Lightning knows once its data is set
+        # up: tell it, unless the policy was given its own
         policy = self.net.policy if self.net is not None else None
         told = getattr(policy, "set_total_steps", None)
         if told is None or getattr(policy, "total_steps_given", True):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
@@ -78,6 +79,7 @@ class LearnAndDrop(Policy):
         _check_arg("returns", returns, isinstance(returns, bool), "True or False")
         self.tolerance, self.target_speedup, self.plateau = float(tolerance), target_speedup, float(plateau)
         self.interval_given, self.total_steps = interval, total_steps
+        self.total_steps_given = total_steps is not None
         self.interval = interval or _interval_for(total_steps)
         self.check_data, self.held_out, self.returns = check_data, None, returns
         self.probe = Probe(_HELD_BATCHES, _HELD_ROWS, max(1, self.interval // 2))
@@ -98,6 +100,12 @@ class LearnAndDrop(Policy):
     # ----------------------------------------------------------------- what the wrapper tells the policy
     def bind(self, net: "DropNet") -> None:
         super().bind(net)
+        if self.target_speedup is not None and net.units and self.reachable_speedup() < self.target_speedup:
+            hint = "; wrap(..., projections=True) makes downsampling blocks' branches units too" if not \
+                net.projections else ""
+            warnings.warn(f"fxdrop: target_speedup={self.target_speedup:g} is out of reach: the units that may go "
+                          f"make {1 - 1 / self.reachable_speedup():.0%} of the forward FLOPs, at most "
+                          f"{self.reachable_speedup():.2f}x with every one dropped{hint}", stacklevel=3)
         if self.tracker is None:
             self.tracker = ScoreTracker({u.name: net.parameters_of(u) for u in net.units})
             for u in net.units:
@@ -246,6 +254,12 @@ class LearnAndDrop(Policy):
             left -= u.flops
         return out
 
+    def reachable_speedup(self) -> float:
+        """The forward-FLOPs speed-up with every unit not in ``never`` dropped: the most a target can get."""
+        assert self.net is not None
+        gone = sum(u.flops for u in self.net.units if u.name not in self.never)
+        return 1.0 / max(1.0 - gone / max(self.net.full_flops("train"), 1), 1e-9)
+
     def _stalled(self, s: dict[str, float] | None) -> bool:
         return s is not None and math.isfinite(s.get("plateau", math.nan)) and s["plateau"] <= self.plateau
 
@@ -372,8 +386,10 @@ class LearnAndDrop(Policy):
         self._lr_sum, self._lr_n = sd.get("lr", (0.0, 0))
         self.wait = {k: (int(v[0]), int(v[1])) for k, v in sd.get("wait", {}).items()}
         sched = sd.get("schedule") or {}
-        self.total_steps = sched.get("total_steps", self.total_steps)
-        self._set_interval(int(sched.get("interval", self.interval)))
+        if not self.total_steps_given:
+            self.total_steps = sched.get("total_steps", self.total_steps)
+        if self.interval_given is None:
+            self._set_interval(int(sched.get("interval", self.interval)))
         self.probe.load_state_dict(sd.get("probe") or {})
         if sd.get("held_out") is not None:
             self.held_out = Probe(_HELD_BATCHES, 2 * _HELD_ROWS)

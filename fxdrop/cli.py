@@ -268,19 +268,23 @@ def _table(results: list[RunResult]) -> str:
     from tabulate import tabulate
 
     base = results[0]
+    seq = base.first_acc is not None
     rows = []
     for r in results:
         s = speedups(r, base)
         when = "; ".join(f"{st}:{len(n)}" for st, n in r.events) or "-"
+        back = "; ".join(f"{st}:{len(n)}" for st, n in r.restores) or "-"
+        first = [f"{100 * r.first_acc_at_switch:.2f}", f"{100 * r.first_acc:.2f}"] if seq else []
         rows.append([
             r.policy, r.steps, f"{r.wall_s:.1f}", f"{r.cpu_s:.1f}", f"{s['flops']:.2f}x", f"{s['wall']:.2f}x",
-            f"{s['cpu']:.2f}x" + (" !" if disagrees(s) else ""), f"{100 * r.test_acc:.2f}",
+            f"{s['cpu']:.2f}x" + (" !" if disagrees(s) else ""), *first, f"{100 * r.test_acc:.2f}",
             f"{100 * (r.test_acc - base.test_acc):+.2f}", f"{100 * r.flops_ratio:.1f}%", f"{len(r.dropped)}/{r.units}",
-            when,
+            when, back,
         ])
+    first_head = ["1st set acc % at switch", "1st set acc % at end"] if seq else []
     return tabulate(rows, headers=["policy", "steps", "wall s", "CPU s", "FLOPs speed-up", "wall speed-up",
-                                   "CPU speed-up", "test acc %", "Δ acc pt", "fwd FLOPs/step", "units dropped",
-                                   "drops (step:count)"], disable_numparse=True)
+                                   "CPU speed-up", *first_head, "test acc %", "Δ acc pt", "fwd FLOPs/step",
+                                   "units dropped", "drops (step:count)", "returns"], disable_numparse=True)
 
 
 def _warnings(results: list[RunResult]) -> list[str]:
@@ -356,6 +360,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError) as e:
         raise UsageError(f"--tolerance/--target-speedup: {e}") from None
     data = _load_data(args)
+    seq: dict[str, Any] = {}
+    if args.then is not None:
+        then = _load_data(argparse.Namespace(**{**vars(args), "dataset": args.then}))
+        if then.shape != data.shape or then.num_classes != data.num_classes:
+            raise UsageError(f"--then {args.then}: its images ({then.shape}, {then.num_classes} classes) differ from "
+                             f"--dataset {args.dataset}'s ({data.shape}, {data.num_classes} classes); pick data sets of "
+                             "one shape and class count, e.g. mnist-small then fashion-small")
+        seq = {"then": then, "then_epochs": args.then_epochs}
     factory = _model_factory(args.model, data.num_classes)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, schedule=args.schedule,
                       seed=args.seed, input_size=args.input_size, interval=args.interval,
@@ -378,7 +390,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if any(k in DEPENDENT for k in kinds) and "learn-and-drop" not in phase1:
         phase1.insert(1, "learn-and-drop")
     try:
-        runs = {k: TrainRun(factory, data, cfg, k, label="full" if k == "none" else k) for k in phase1}
+        runs = {k: TrainRun(factory, data, cfg, k, label="full" if k == "none" else k, **seq) for k in phase1}
     except ValueError as e:  # e.g. --ld never= naming a unit the model does not have
         raise UsageError(f"{e}; `fxdrop units --model {args.model}` lists the units") from None
     train_interleaved(list(runs.values()), chunk_steps=args.interleave_steps, progress=cfg.progress)
@@ -387,12 +399,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         ld = results["learn-and-drop"]
         ref = runs["learn-and-drop"].policy
         budget = time_matched_steps(results["none"], ld)
-        deps = {k: TrainRun(factory, data, cfg, k, reference=ref, total_steps=budget if k == "full-matched" else None)
+        deps = {k: TrainRun(factory, data, cfg, k, reference=ref, total_steps=budget if k == "full-matched" else None,
+                            **seq)
                 for k in kinds if k in DEPENDENT}
         train_interleaved(list(deps.values()), chunk_steps=args.interleave_steps, progress=cfg.progress)
         results.update({k: r.result() for k, r in deps.items()})
     ordered = [results["none"]] + [results[k] for k in dict.fromkeys(phase1[1:] + kinds)]
-    header = (f"{args.model} on {args.dataset} ({data.source}), {args.epochs} epochs, seed {args.seed}, "
+    then = f", then {args.then} for {args.then_epochs or args.epochs} epochs" if args.then else ""
+    header = (f"{args.model} on {args.dataset} ({data.source}), {args.epochs} epochs{then}, seed {args.seed}, "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")
     notes = _warnings(ordered)
     if args.json is not None:
@@ -503,6 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--target-speedup", type=_float_in(1, strict=True), default=None, metavar="X",
                    help="budget knob: Learn&Drop stops dropping once the forward FLOPs are cut X-fold; "
                    "default: as far as its checks allow")
+    r.add_argument("--then", default=None, choices=sorted(data_mod.DATASETS), metavar="DATASET",
+                   help="after --epochs on --dataset, continue every arm on this data set (a sequence: data that "
+                   "changes); test accuracy is then printed on both test sets")
+    r.add_argument("--then-epochs", type=_int_at_least(1), default=None, metavar="N",
+                   help="epochs on the --then data set (default: --epochs)")
     r.add_argument("--projections", action="store_true",
                    help="also drop downsampling blocks' residual branches (their projection shortcut stays): "
                    "fxdrop.wrap(..., projections=True)")

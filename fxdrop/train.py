@@ -99,6 +99,10 @@ class RunResult:
     step_flops: list[float] = field(default_factory=list)  # forward FLOPs fraction of each step
     event_times: list[float] = field(default_factory=list)  # training wall time of each entry of events
     restores: list[tuple[int, list[str]]] = field(default_factory=list)  # (step, names) of every unit put back
+    # with a second data set (``then``): test accuracy on the first one's test set at the end of its phase,
+    # and at the end of the run (what training on the second kept of the first)
+    first_acc_at_switch: float | None = None
+    first_acc: float | None = None
 
     def predicted_speedup(self, base: "RunResult") -> float:
         """The speed-up the forward FLOPs predict over ``base``: base's forward FLOPs over this run's
@@ -164,12 +168,16 @@ class TrainRun:
 
     def __init__(self, model_factory: Callable[[], nn.Module], data: ImageData, cfg: TrainConfig, kind: str,
                  reference: Policy | None = None, label: str | None = None, total_steps: int | None = None,
-                 policy: Policy | None = None):
+                 policy: Policy | None = None, then: ImageData | None = None, then_epochs: int | None = None):
         if kind not in POLICIES:
             raise ValueError(f"unknown policy {kind!r}; choose one of {POLICIES}")
         self.kind, self.label, self.data, self.cfg = kind, label or kind, data, cfg
         self.steps_per_epoch = -(-len(data.train_y) // cfg.batch_size)
-        self.full_steps = self.steps_per_epoch * cfg.epochs
+        # a sequence: the first data set for cfg.epochs, then ``then`` for then_epochs (default the same)
+        self.first, self.then, self.switch_at, self._epoch0 = data, then, self.steps_per_epoch * cfg.epochs, 0
+        self.first_acc_at_switch: float | None = None
+        then_steps = -(-len(then.train_y) // cfg.batch_size) * (then_epochs or cfg.epochs) if then is not None else 0
+        self.full_steps = self.switch_at + then_steps
         self.total = total_steps if total_steps is not None else self.full_steps
         if self.total < 1:
             raise ValueError(f"{kind}: a run needs at least one step, got total_steps={self.total}")
@@ -235,9 +243,17 @@ class TrainRun:
                 self.epoch_acc.append(_evaluate(self.net, self.data, self.cfg))
                 self.epoch_time.append(self.wall_s)
                 self.epoch_step.append(self.net.steps)
+            if self.then is not None and self.data is self.first and self.net.steps >= self.switch_at:
+                self._switch()
             if n is None:
                 break
         return taken
+
+    def _switch(self) -> None:
+        """The first data set's phase is over: evaluate on it (untimed) and continue on the second."""
+        self.first_acc_at_switch = _evaluate(self.net, self.first, self.cfg)
+        self.data, self._batches, self._epoch0 = self.then, None, self.net.steps
+        self.steps_per_epoch = -(-len(self.then.train_y) // self.cfg.batch_size)
 
     def _train(self, n: int | None) -> tuple[int, bool]:
         """Up to ``n`` steps, stopping at the end of the epoch; the timed part. Returns (steps, epoch ended)."""
@@ -280,7 +296,7 @@ class TrainRun:
                     self.event_times.append(now)
                     log.info("%s: step %d dropped %s", self.label, net.steps, ", ".join(dropped_now))
                 taken += 1
-                if net.steps % self.steps_per_epoch == 0:  # the epoch's last batch
+                if (net.steps - self._epoch0) % self.steps_per_epoch == 0:  # the epoch's last batch
                     self._batches, epoch_end = None, True
                     break
         finally:
@@ -302,6 +318,8 @@ class TrainRun:
             cpu_s=self.cpu_s, epoch_time=list(self.epoch_time), epoch_step=list(self.epoch_step),
             step_time=list(self.step_time), step_flops=list(self.step_flops), event_times=list(self.event_times),
             restores=[(s, list(n)) for s, n in getattr(self.policy, "restored", [])],
+            first_acc_at_switch=self.first_acc_at_switch,
+            first_acc=_evaluate(net, self.first, self.cfg) if self.then is not None else None,
         )
 
 

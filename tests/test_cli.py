@@ -381,3 +381,14 @@ def test_train_run_takes_an_explicit_policy(one_thread):
     train_interleaved([run])
     assert run.result().events == [(2, ["3", "4"])] and run.label == "all after step 2"
     assert isinstance(TrainRun(tiny_resnet, d, cfg, "none").policy, NoDrop)  # kind's, when none given
+
+
+def test_cli_sequence_then_a_second_data_set(capsys, one_thread):
+    # --then: every arm continues on the second data set; accuracy on both test sets is reported
+    rc = main(["run", "--model", "tests.models:tiny_resnet", "--train-limit", "256", "--test-limit", "128",
+               "--epochs", "1", "--then", "fashion-small", "--batch-size", "64", "--no-progress", "--threads", "1",
+               "--json"])
+    assert rc == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert all(r["steps"] == 8 and r["first_acc_at_switch"] is not None and r["first_acc"] is not None for r in runs)
+    assert main(["run", "--then", "cifar10", "--no-progress"]) == 2

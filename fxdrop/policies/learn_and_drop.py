@@ -1,17 +1,19 @@
-"""Learn&Drop: drop the units whose absence the network does not feel, earliest and stalled first, and
-put them back when the data changes. docs/method.md has the definitions; the rule in one screen:
+"""Learn&Drop: drop the units the network no longer needs, earliest and stalled first, judge each drop
+again later, and put units back when the data changes. docs/method.md has the definitions. The rule:
 
     every k optimizer steps (a boundary; k from the run's length, else 16):
-        score each live unit: layer change per learning rate over the interval (the paper's scores)
-        L  = loss on the two batches held from this interval (labels: given, or read off the gradient)
-        if L jumped (> 1.5 x the last boundary's, and by > 0.1) or the user called new_data():
-            for each dropped cohort: put it back if that lowers L by more than `tolerance`
-        elif checks have run more than 5% of the training compute: wait
-        else:
-            order live units: stalled (plateau ratio <= `plateau`) first, then earliest in the graph;
-            keep the prefix that does not pass `target_speedup` (forward FLOPs)
-            try its first n, n/2, ..., 1 units at once; drop the largest set that raises L by <= `tolerance`
-            none passed: the first unit waits 1, 2, 4, ... boundaries
+        score each live unit: its layer change per learning rate over the interval (the paper's scores)
+        judge the cohorts dropped 3 boundaries ago: on the rows held at their drop, the held loss must be
+            back within the bound that drop passed; else they return (weights as when dropped)
+        L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
+        if L jumped (> 1.5 x the last boundary's and by > 0.1) or new_data() was called:
+            each dropped cohort returns if putting it back lowers L by more than `tolerance`; stop
+        if checks so far plus the next one exceed 5% of the training compute: stop
+        candidates: live units, stalled (plateau ratio <= `plateau`) first, then in graph order,
+            cut where the forward FLOPs would pass 1 / `target_speedup`; units refused lately wait
+        bound = max(tolerance * L, min(training's gain since ln C / 3, the last interval's gain))
+        try the first n, n/2, ..., 1 candidates at once; drop the largest set with held loss <= L + bound;
+            none passed: the first candidate waits 1, 2, 4, ... boundaries
         after a drop or a return: BatchNorm statistics re-estimated on the held batches
 
 Every quantity is counted (steps, rows, FLOPs, losses): no clock, so the same seed and data make the
@@ -51,7 +53,9 @@ _MAX_WAIT = 16  # boundaries a refused unit waits at most
 
 
 class LearnAndDrop(Policy):
-    """Learn&Drop's default policy (module docstring: the rule).
+    """Learn&Drop's default policy: the rule of the module docstring (docs/method.md).
+
+    >>> net = fxdrop.wrap(model, example_inputs=(x,), policy=fxdrop.LearnAndDrop(target_speedup=2.0))
 
     ``interval``: steps between boundaries (default: the run's length / 25, between 4 and 50, from
     ``total_steps``, the LR scheduler or Lightning; 16 when unknown). ``tolerance``: the relative rise of the
@@ -67,16 +71,7 @@ class LearnAndDrop(Policy):
                  plateau: float = 0.5, total_steps: int | None = None, never: Iterable[str] = (),
                  check_data: Iterable | None = None, returns: bool = True):
         super().__init__("drop", never)
-        _check_arg("interval", interval, interval is None or _int(interval, 1), "None or an int >= 1")
-        _check_arg("tolerance", tolerance, _num(tolerance) and 0 <= tolerance < 1, "a number in [0, 1)")
-        _check_arg("target_speedup", target_speedup, target_speedup is None or (_num(target_speedup)
-                   and target_speedup > 1), "None or a number > 1")
-        _check_arg("plateau", plateau, _num(plateau) and 0 < plateau <= 1, "a number in (0, 1]")
-        _check_arg("total_steps", total_steps, total_steps is None or _int(total_steps, 1), "None or an int >= 1")
-        _check_arg("check_data", type(check_data).__name__, check_data is None or (
-            hasattr(check_data, "__iter__") and not isinstance(check_data, (str, dict))),
-            "None or an iterable of (inputs, labels) batches, e.g. a DataLoader")
-        _check_arg("returns", returns, isinstance(returns, bool), "True or False")
+        _validate(interval, tolerance, target_speedup, plateau, total_steps, check_data, returns)
         self.tolerance, self.target_speedup, self.plateau = float(tolerance), target_speedup, float(plateau)
         self.interval_given, self.total_steps = interval, total_steps
         self.total_steps_given = total_steps is not None
@@ -404,6 +399,20 @@ class LearnAndDrop(Policy):
             held = Probe(_HELD_BATCHES, _HELD_ROWS)
             held.load_state_dict(t["held"])
             self.on_trial.append({**t, "held": held})
+
+
+def _validate(interval, tolerance, target_speedup, plateau, total_steps, check_data, returns) -> None:
+    """Refuse a knob out of its range, naming it, the range and the value."""
+    _check_arg("interval", interval, interval is None or _int(interval, 1), "None or an int >= 1")
+    _check_arg("tolerance", tolerance, _num(tolerance) and 0 <= tolerance < 1, "a number in [0, 1)")
+    _check_arg("target_speedup", target_speedup, target_speedup is None or (_num(target_speedup)
+               and target_speedup > 1), "None or a number > 1")
+    _check_arg("plateau", plateau, _num(plateau) and 0 < plateau <= 1, "a number in (0, 1]")
+    _check_arg("total_steps", total_steps, total_steps is None or _int(total_steps, 1), "None or an int >= 1")
+    _check_arg("check_data", type(check_data).__name__, check_data is None or (
+        hasattr(check_data, "__iter__") and not isinstance(check_data, (str, dict))),
+        "None or an iterable of (inputs, labels) batches, e.g. a DataLoader")
+    _check_arg("returns", returns, isinstance(returns, bool), "True or False")
 
 
 def _interval_for(total_steps: int | None) -> int:

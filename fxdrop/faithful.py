@@ -28,9 +28,9 @@ __all__: list[str] = []
 class _Faithfulness:
     """Mixin of :class:`fxdrop.DropNet`: the checks that keep the graph faithful to the model.
 
-    Relies on ``_model`` (the user's module), ``_traced`` (the :class:`fxdrop.trace.TraceResult`),
-    ``_verify``; ``_baked`` (argument name -> (position, traced value)), ``_hook_id`` (the last hook id
-    seen) and ``_mode_readers`` (traced-through modules reading ``training``), which it keeps.
+    Relies on ``_model`` (the user's module) and ``_traced`` (the :class:`fxdrop.trace.TraceResult`); keeps
+    ``_baked`` (argument name -> (position, traced value)), ``_hook_id`` (the last hook id seen) and
+    ``_mode_readers`` (traced-through modules reading ``training``), set up by ``DropNet.__init__``.
     """
 
     _model: nn.Module

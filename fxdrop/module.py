@@ -29,7 +29,7 @@ from torch import nn
 from .dropping import MODES, _Dropping
 from .errors import DropStateError, TraceError
 from .faithful import _Faithfulness, _none_defaults
-from .persistence import DROP_STATE_FORMAT, _Persistence  # noqa: F401  (DROP_STATE_FORMAT: as before)
+from .persistence import DROP_STATE_FORMAT, _Persistence  # noqa: F401  (re-exported)
 from .reports import _Reports
 from .shapes import propagate
 from .stepping import _Stepping, resolve_policy
@@ -39,6 +39,7 @@ from .units import Unit, find_units, level_depth
 __all__ = ["DropNet", "wrap", "apply_plan"]
 
 log = logging.getLogger(__name__)
+
 
 def share_module_state(wrapper: nn.Module, model: nn.Module) -> None:
     """Make ``wrapper`` expose ``model``'s children, parameters and buffers through the very same dicts,
@@ -53,6 +54,11 @@ class DropNet(_Persistence, _Reports, _Stepping, _Faithfulness, _Dropping, nn.Mo
     It shares the user's modules, parameters and buffers (same objects, same ``state_dict`` keys), so
     an optimizer built on ``model.parameters()`` or ``net.parameters()`` drives both. Its forward runs
     the current torch.fx graph of the mode it is in (train or eval). Build it with :func:`wrap`.
+
+    This class makes the net (``__init__``, ``_initialize``: trace, check, find the units) and runs it
+    (``forward``); the rest comes from one mixin per concern: ``_Dropping`` (units, drop/restore/fade/
+    freeze, the rewrite), ``_Stepping`` (``step``, ``attach``, ``on_drop``), ``_Persistence`` (drop
+    state, ``export``, ``plan``), ``_Reports`` (FLOPs, ``summary``) and ``_Faithfulness`` (the checks).
     """
 
     def __init__(
@@ -166,7 +172,6 @@ class DropNet(_Persistence, _Reports, _Stepping, _Faithfulness, _Dropping, nn.Mo
     def projections(self) -> bool:
         """Whether downsampling blocks' residual branches are units (``wrap(..., projections=True)``)."""
         return self._projections
-
 
     # ------------------------------------------------------------------ initialisation
     def _bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:

@@ -304,7 +304,7 @@ def test_new_data_asks_for_a_return_check(monkeypatch):
     net, x = _net(pol)
     opt = _train(net, x, 5)
     assert net.dropped
-    pol.new_data()
+    net.new_data()
     state["asked"] = True
     _train(net, x, 10, opt=opt, start=5)
     assert net.dropped == [] and pol.checks[-1]["kind"] == "return"

@@ -17,7 +17,7 @@ from pathlib import Path
 def _ms(values: list[float], fmt: str) -> str:
     if len(values) < 2:
         return format(values[0], fmt) if values else "-"
-    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt.lstrip('+'))}"
 
 
 def table(runs: list[dict]) -> str:

@@ -47,7 +47,7 @@ def test_idx_loader_reads_torchvision_layout(tmp_path):
 def test_cli_run_end_to_end_resnet18(capsys):
     rc = main(["run", "--model", "resnet18", "--epochs", "2", "--train-limit", "2000", "--test-limit", "1000",
                "--batch-size", "64", "--json", "--no-progress", "--policy", "learn-and-drop", "random",
-               "--tolerance", "1"])  # accept every candidate: this test is about the run, not the check
+               "--tolerance", "0.99"])  # accept nearly every candidate: this test is about the run, not the check
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     runs = {r["policy"]: r for r in out["runs"]}

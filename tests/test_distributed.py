@@ -67,7 +67,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, full: bool = False, 
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("full, disagree", [(False, None), (False, 1), (False, 0),
+@pytest.mark.parametrize("full, disagree", [(False, None), pytest.param(False, 1, marks=pytest.mark.slow),
+                                            pytest.param(False, 0, marks=pytest.mark.slow),
                                             pytest.param(True, None, marks=pytest.mark.slow, id="resnet18")])
 def test_ddp_gloo_two_ranks(tmp_path, full, disagree):
     # disagree=r: rank r alone would restore every cohort after its probation; rank 0's decision must hold on

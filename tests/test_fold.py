@@ -24,7 +24,7 @@ def op_counts(gm: fx.GraphModule) -> collections.Counter:
         for n in gm.graph.nodes if n.op.startswith("call_"))
 
 
-@pytest.mark.parametrize("name", ["resnet50", pytest.param("resnet152", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", [pytest.param("resnet50", marks=pytest.mark.slow), pytest.param("resnet152", marks=pytest.mark.slow)])
 def test_drop_all_is_the_thin_network_node_for_node(name):
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, num_classes=10)

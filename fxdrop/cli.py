@@ -108,6 +108,10 @@ def _model_factory(name: str, num_classes: int) -> Callable[[], torch.nn.Module]
         mod_name, _, attr = name.partition(":")
         if not mod_name or not attr or ":" in attr:
             raise UsageError(f"--model {name!r}: expected package.module:factory, e.g. mypkg.models:make_net")
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            # the console script's sys.path starts at its own directory, `python -m fxdrop`'s at the current
+            # one: both import the user's package from the current directory, as the README says
+            sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(mod_name)
         except Exception as e:  # ImportError, or anything the module raises while importing

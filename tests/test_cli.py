@@ -392,3 +392,20 @@ def test_cli_sequence_then_a_second_data_set(capsys, one_thread):
     runs = json.loads(capsys.readouterr().out)["runs"]
     assert all(r["steps"] == 8 and r["first_acc_at_switch"] is not None and r["first_acc"] is not None for r in runs)
     assert main(["run", "--then", "cifar10", "--no-progress"]) == 2
+
+
+def test_console_script_imports_a_factory_from_the_current_directory(tmp_path):
+    # `fxdrop run --model mypkg.models:make_net` from the folder holding mypkg/, as with `python -m fxdrop`
+    import shutil
+
+    exe = shutil.which("fxdrop")
+    if exe is None:
+        pytest.skip("the fxdrop console script is not installed (pip install -e .)")
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "models.py").write_text("from tests.models import tiny_resnet as make_net\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([exe, "units", "--model", "mypkg.models:make_net", "--input-size", "28"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "units" in proc.stdout

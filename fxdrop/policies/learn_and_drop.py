@@ -182,11 +182,9 @@ class LearnAndDrop(Policy):
             self.last_loss = None  # the network changes back: its loss is measured afresh
             return []  # and units are chosen from the next boundary on
         over = self.check_work + self._last_work > _CHECK_SHARE * self.train_work  # the next check included
-        if over and not (self.cohorts and self.returns):
-            return []  # over budget, and no dropped unit whose return a jump of the loss could call for
         cands = [] if over else self._candidates(step, scores)
         if not cands and not (self.cohorts and self.returns):
-            return []
+            return []  # nothing to try, and no dropped unit whose return a jump of the loss could call for
         sizes = sorted({max(1, len(cands) >> i) for i in range(len(cands).bit_length())}, reverse=True)
         graphs = [self.net.candidate_graph([u.name for u in cands[:n]], "train") for n in sizes]
         res = self._losses(held, graphs)

@@ -8,10 +8,11 @@ again later, and put units back when the data changes. docs/method.md has the de
         L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
         if L jumped (> 1.5 x the last boundary's and by > 0.1) or new_data() was called:
             each dropped cohort returns if putting it back lowers L by more than `tolerance`; stop
-        if checks so far plus the next one exceed 5% of the training compute: stop
+        if checks so far plus the next one exceed 5% of the training compute (of the whole run, when its
+            length is known; else of the steps so far), or the run ends before a drop's probation: stop
         candidates: live units, stalled (plateau ratio <= `plateau`) first, then in graph order,
             cut where the forward FLOPs would pass 1 / `target_speedup`; units refused lately wait
-        bound = max(tolerance * L, min(training's gain since ln C / 3, the last interval's gain))
+        bound = max(tolerance * L, min(training's gain since ln C / 3, its gain over the last 3 boundaries))
         try the first n, n/2, ..., 1 candidates at once; drop the largest set with held loss <= L + bound;
             none passed: the first candidate waits 1, 2, 4, ... boundaries
         after a drop or a return: BatchNorm statistics re-estimated on the held batches
@@ -36,6 +37,7 @@ from ..shapes import node_flops
 from .base import Policy
 from .checks import held_losses, labels_from_grad, rise
 from .run_length import run_length
+from .saved_state import LearnAndDropState
 
 if TYPE_CHECKING:
     from ..module import DropNet
@@ -52,7 +54,7 @@ _PROBATION = 3  # boundaries after which a drop is judged: has the held loss rec
 _MAX_WAIT = 16  # boundaries a refused unit waits at most
 
 
-class LearnAndDrop(Policy):
+class LearnAndDrop(LearnAndDropState, Policy):
     """Learn&Drop's default policy: the rule of the module docstring (docs/method.md).
 
     >>> net = fxdrop.wrap(model, example_inputs=(x,), policy=fxdrop.LearnAndDrop(target_speedup=2.0))
@@ -85,6 +87,8 @@ class LearnAndDrop(Policy):
         self.checks: list[dict] = []  # every check: step, kind, units, loss now, loss with, accepted
         self.train_work = self.check_work = 0.0  # rows through the full forward graph (a training row: 3)
         self.last_loss: float | None = None  # held loss of the graph that ran after the previous boundary
+        self.history: list[float] = []  # held loss at the last _PROBATION boundaries that checked
+        self._rows = 0  # rows of the last training batch
         self._lr_sum, self._lr_n = 0.0, 0
         self._changed = False  # new_data() was called
         self._last_work = 0.0  # compute of the last check with candidates: what the next may cost
@@ -128,7 +132,8 @@ class LearnAndDrop(Policy):
         self._lr_n += 1
 
     def observe_inputs(self, step: int, args: tuple, kwargs: dict) -> None:
-        self.train_work += 3 * leading_rows(args, kwargs) * self._fraction()
+        self._rows = leading_rows(args, kwargs)
+        self.train_work += 3 * self._rows * self._fraction()
         self.probe.offer(step, args, kwargs)
         if self.check_data is not None and self.held_out is None:
             first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
@@ -181,14 +186,14 @@ class LearnAndDrop(Policy):
         if self._returning:
             self.last_loss = None  # the network changes back: its loss is measured afresh
             return []  # and units are chosen from the next boundary on
-        over = self.check_work + self._last_work > _CHECK_SHARE * self.train_work  # the next check included
-        cands = [] if over else self._candidates(step, scores)
+        cands = [] if self._over_budget(step) else self._candidates(step, scores)
         if not cands and not (self.cohorts and self.returns):
             return []  # nothing to try, and no dropped unit whose return a jump of the loss could call for
         sizes = sorted({max(1, len(cands) >> i) for i in range(len(cands).bit_length())}, reverse=True)
         graphs = [self.net.candidate_graph([u.name for u in cands[:n]], "train") for n in sizes]
         res = self._losses(held, graphs)
         before, self.last_loss = self.last_loss, res.now
+        self.history = (self.history + [res.now])[-_PROBATION - 1:]
         jumped = self._changed or (before is not None and res.now > _JUMP_RATIO * before
                                    and res.now - before > _JUMP_MIN)
         self._changed = False
@@ -197,13 +202,14 @@ class LearnAndDrop(Policy):
             return []
         if not cands:
             return []
-        # a drop may undo what training's last interval gained, and at most a third of what it gained since
-        # the untrained network's loss (ln C): early a lot, late little; and always `tolerance` of the loss
+        # a drop may undo what training gained over the last 3 boundaries (the time its probation gives it to
+        # recover), and at most a third of what it gained since the untrained network's loss (ln C): early a
+        # lot, late little; and always `tolerance` of the loss
         bound = self.tolerance * res.now
         if res.labelled:
             gained = math.log(res.classes) - res.now
-            last = (before - res.now) if before is not None else gained
-            bound = max(bound, min(gained / 3, last))
+            recent = self.history[0] - res.now if len(self.history) > _PROBATION else gained
+            bound = max(bound, min(gained / 3, recent))
         chosen: list[str] = []
         for n, loss in zip(sizes, res.candidates):
             ok = loss - res.now <= bound
@@ -216,6 +222,17 @@ class LearnAndDrop(Policy):
             self._trial = {"names": chosen, "end": step + _PROBATION * self.interval, "before": res.now,
                            "bound": bound, "held": held.head(len(held))}
         return chosen
+
+    def _over_budget(self, step: int) -> bool:
+        """No drop now: the checks so far plus the next would pass ``_CHECK_SHARE`` of the training compute
+        (the whole run's when its length is known, at the current graph's cost per step; else the steps so
+        far), or the run ends before a drop made now would be judged."""
+        work = self.train_work
+        if self.total_steps is not None:
+            if step + _PROBATION * self.interval > self.total_steps:
+                return True
+            work += 3 * self._rows * self._fraction() * (self.total_steps - step)
+        return self.check_work + self._last_work > _CHECK_SHARE * work
 
     def _judge(self, due: list[dict], step: int) -> list[str]:
         """Cohorts whose probation ended: on the rows held when they were dropped, the network now must be
@@ -360,43 +377,6 @@ class LearnAndDrop(Policy):
         """The compute checks and BatchNorm re-estimation ran, as a share of training's (both counted in
         forward FLOPs, a training row as three forward rows)."""
         return self.check_work / self.train_work if self.train_work else 0.0
-
-    def state_dict(self) -> dict:
-        sd = super().state_dict()
-        sd.update(tracker=self.tracker.state_dict() if self.tracker is not None else None,
-                  lr=(self._lr_sum, self._lr_n), wait={k: list(v) for k, v in self.wait.items()},
-                  probe=self.probe.state_dict(), held_out=self.held_out.state_dict() if self.held_out else None,
-                  checks=[dict(c) for c in self.checks], work=(self.train_work, self.check_work),
-                  cohorts=[[s, list(n)] for s, n in self.cohorts], last_loss=self.last_loss,
-                  changed=self._changed, on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
-                  schedule={"interval": self.interval, "total_steps": self.total_steps})
-        return sd
-
-    def load_state_dict(self, sd: dict) -> None:
-        super().load_state_dict(sd)
-        if sd.get("tracker") is not None and self.tracker is not None:
-            self.tracker.load_state_dict(sd["tracker"])
-        self._lr_sum, self._lr_n = sd.get("lr", (0.0, 0))
-        self.wait = {k: (int(v[0]), int(v[1])) for k, v in sd.get("wait", {}).items()}
-        sched = sd.get("schedule") or {}
-        if not self.total_steps_given:
-            self.total_steps = sched.get("total_steps", self.total_steps)
-        if self.interval_given is None:
-            self._set_interval(int(sched.get("interval", self.interval)))
-        self.probe.load_state_dict(sd.get("probe") or {})
-        if sd.get("held_out") is not None:
-            self.held_out = Probe(_HELD_BATCHES, 2 * _HELD_ROWS)
-            self.held_out.load_state_dict(sd["held_out"])
-        self.checks = [dict(c) for c in sd.get("checks", [])]
-        self.train_work, self.check_work = (float(v) for v in sd.get("work", (0.0, 0.0)))
-        self.cohorts = [(int(s), list(n)) for s, n in sd.get("cohorts", [])]
-        self.last_loss = sd.get("last_loss")
-        self._changed = bool(sd.get("changed", False))
-        self.on_trial = []
-        for t in sd.get("on_trial", []):
-            held = Probe(_HELD_BATCHES, _HELD_ROWS)
-            held.load_state_dict(t["held"])
-            self.on_trial.append({**t, "held": held})
 
 
 def _validate(interval, tolerance, target_speedup, plateau, total_steps, check_data, returns) -> None:

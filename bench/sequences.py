@@ -1,0 +1,139 @@
+"""The evidence for data that changes and for fine-tuning (issue 34): the default Learn&Drop against the
+full network, Learn&Drop without returns, Composer-style freezing and the full network trained for
+Learn&Drop's time, on three scenarios of the bundled data.
+
+- ``sequence``: ResNet-18 trained on MNIST-small, then on Fashion-small (``fxdrop run --then``);
+- ``classes``: ResNet-20 on two Fashion-small classes, then on all ten (the units the first phase
+  lets go are needed by the second);
+- ``finetune``: a ResNet-18 trained on MNIST-small (the full network, 2 epochs, cached under
+  ``~/.cache/fxdrop``), fine-tuned on Fashion-small.
+
+The loop is the online one: ``net.step(opt, targets=y)`` after ``opt.step()``, AdamW at a constant lr,
+the run's length unknown to the policy. One process, 1 torch thread; an untimed warm-up of every arm,
+then the arms from the same init and data order **interleaved in turns of 5 steps**; then the
+time-matched full network. One JSON per run is written as soon as it ends::
+
+    python bench/sequences.py --scenario sequence --seed 0
+    python bench/sequences.py --scenario classes finetune sequence --seed 0 1 2
+    python bench/evidence_table.py --sequences docs/measurements/sequences
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from fxdrop import data as data_mod
+from fxdrop.models import build_model
+from fxdrop.train import TrainConfig, TrainRun, time_matched_steps, train_interleaved
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "measurements" / "sequences"
+CACHE = Path.home() / ".cache" / "fxdrop"
+ARMS = {"full": ("none", {}), "fxdrop": ("learn-and-drop", {}),
+        "no-returns": ("learn-and-drop", {"returns": False}), "freeze": ("freeze", {})}
+
+
+def classes(data: data_mod.ImageData, keep: set[int]) -> data_mod.ImageData:
+    """A copy of ``data`` with only the images of the classes in ``keep`` (the head keeps every class)."""
+    out = replace(data, name=f"{data.name}[{','.join(map(str, sorted(keep)))}]")
+    for split in ("train", "test"):
+        x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
+        mask = torch.isin(y, torch.tensor(sorted(keep)))
+        setattr(out, f"{split}_x", x[mask])
+        setattr(out, f"{split}_y", y[mask])
+    return out
+
+
+def pretrained(model: str, dataset: str, cfg: TrainConfig) -> Path:
+    """The full network trained on ``dataset`` for 2 epochs (AdamW, seed 0), cached on disk."""
+    path = CACHE / f"{model}_{dataset}_pretrained.pt"
+    if not path.exists():
+        data = data_mod.load(dataset)
+        run = TrainRun(lambda: build_model(model, data.num_classes), data,
+                       replace(cfg, epochs=2, seed=0, evaluate=False), "none")
+        train_interleaved([run])
+        CACHE.mkdir(parents=True, exist_ok=True)
+        torch.save(run.net.model.state_dict(), path)
+    return path
+
+
+def scenario(name: str, cfg: TrainConfig):
+    """(model factory, first data, its epochs, second data or None, its epochs, what it is)."""
+    if name == "sequence":
+        return (lambda: build_model("resnet18", 10)), data_mod.load("mnist-small"), 1, \
+            data_mod.load("fashion-small"), 2, "ResNet-18: MNIST-small (1 epoch), then Fashion-small (2 epochs)"
+    if name == "classes":
+        fashion = data_mod.load("fashion-small")
+        return (lambda: build_model("resnet20", 10)), classes(fashion, {0, 1}), 8, fashion, 2, \
+            "ResNet-20: Fashion-small classes 0-1 (8 epochs), then all ten (2 epochs)"
+    if name == "finetune":
+        weights = pretrained("resnet18", "mnist-small", cfg)
+
+        def factory():
+            m = build_model("resnet18", 10)
+            m.load_state_dict(torch.load(weights))
+            return m
+        return factory, data_mod.load("fashion-small"), 2, None, 0, \
+            "ResNet-18 trained on MNIST-small (2 epochs), fine-tuned on Fashion-small (2 epochs)"
+    raise ValueError(f"unknown scenario {name!r}")
+
+
+def run(name: str, seed: int, lr: float, out: Path) -> dict:
+    cfg = TrainConfig(epochs=1, batch_size=128, seed=seed, progress=False, loop="step", optimizer="adamw", lr=lr,
+                      schedule="constant")
+    factory, first, epochs, then, then_epochs, about = scenario(name, cfg)
+    cfg = replace(cfg, epochs=epochs)
+
+    def arm(kind: str, options: dict, **kw) -> TrainRun:
+        return TrainRun(factory, first, replace(cfg, ld_options=options, **kw), kind, then=then,
+                        then_epochs=then_epochs or None)
+    train_interleaved([arm(k, o, max_steps=10, evaluate=False) for k, o in ARMS.values()], chunk_steps=5)
+    runs = {label: arm(k, o) for label, (k, o) in ARMS.items()}
+    train_interleaved(list(runs.values()), chunk_steps=5)
+    res = {label: r.result() for label, r in runs.items()}
+    steps = time_matched_steps(res["full"], res["fxdrop"])
+    matched = TrainRun(factory, first, cfg, "full-matched", total_steps=steps, then=then,
+                       then_epochs=then_epochs or None)
+    train_interleaved([matched])
+    res["matched"] = matched.result()
+    switch = runs["full"].switch_at if then is not None else None
+    rec = {"scenario": name, "about": about, "seed": seed, "lr": lr, "switch_step": switch,
+           "arms": {k: v.to_dict() for k, v in res.items()},
+           "speedup_cpu": {k: res["full"].cpu_s / v.cpu_s for k, v in res.items() if k != "matched"},
+           "speedup_first_phase": ({k: res["full"].step_time[switch - 1] / v.step_time[switch - 1]
+                                    for k, v in res.items() if k != "matched"} if switch else None),
+           "checks": runs["fxdrop"].policy.checks, "check_share": runs["fxdrop"].policy.check_share,
+           "threads": torch.get_num_threads(), "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}_s{seed}.json").write_text(json.dumps(rec, indent=1))
+    return rec
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scenario", nargs="+", default=["sequence", "classes", "finetune"],
+                   choices=["sequence", "classes", "finetune"])
+    p.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW's constant learning rate")
+    p.add_argument("--out", type=Path, default=OUT)
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    for name in a.scenario:
+        for seed in a.seeds:
+            r = run(name, seed, a.lr, a.out)
+            arms = r["arms"]
+            first = " ".join(f"{k} {100 * (v['first_acc_at_switch'] or 0):.1f}" for k, v in arms.items()) \
+                if r["switch_step"] else ""
+            print(f"{name} s{seed}: " + ", ".join(f"{k} {r['speedup_cpu'][k]:.2f}x" for k in r["speedup_cpu"])
+                  + " | end acc " + " ".join(f"{k} {100 * v['test_acc']:.1f}" for k, v in arms.items())
+                  + (f" | phase-1 acc at switch {first}" if first else "")
+                  + f" | drops {arms['fxdrop']['events']} returns {arms['fxdrop']['restores']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""What a :class:`~fxdrop.policies.LearnAndDrop` saves and loads with the wrapped model's checkpoint: its
+scores, held batches, cohorts, probations and check accounting, so a resumed run makes the drops and returns
+an uninterrupted one would."""
+
+from __future__ import annotations
+
+from ..probe import Probe
+
+__all__ = ["LearnAndDropState"]
+
+
+class LearnAndDropState:
+    """``state_dict`` / ``load_state_dict`` of LearnAndDrop (a mixin: the attributes are LearnAndDrop's)."""
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd.update(tracker=self.tracker.state_dict() if self.tracker is not None else None,
+                  lr=(self._lr_sum, self._lr_n), wait={k: list(v) for k, v in self.wait.items()},
+                  probe=self.probe.state_dict(), held_out=self.held_out.state_dict() if self.held_out else None,
+                  checks=[dict(c) for c in self.checks], work=(self.train_work, self.check_work),
+                  cohorts=[[s, list(n)] for s, n in self.cohorts], last_loss=self.last_loss,
+                  history=list(self.history), rows=self._rows,
+                  changed=self._changed, on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
+                  schedule={"interval": self.interval, "total_steps": self.total_steps})
+        return sd
+
+    def load_state_dict(self, sd: dict) -> None:
+        super().load_state_dict(sd)
+        if sd.get("tracker") is not None and self.tracker is not None:
+            self.tracker.load_state_dict(sd["tracker"])
+        self._lr_sum, self._lr_n = sd.get("lr", (0.0, 0))
+        self.wait = {k: (int(v[0]), int(v[1])) for k, v in sd.get("wait", {}).items()}
+        sched = sd.get("schedule") or {}
+        if not self.total_steps_given:
+            self.total_steps = sched.get("total_steps", self.total_steps)
+        if self.interval_given is None:
+            self._set_interval(int(sched.get("interval", self.interval)))
+        self.probe.load_state_dict(sd.get("probe") or {})
+        if sd.get("held_out") is not None:
+            self.held_out = Probe(self.probe.batches, 2 * self.probe.samples)
+            self.held_out.load_state_dict(sd["held_out"])
+        self.checks = [dict(c) for c in sd.get("checks", [])]
+        self.train_work, self.check_work = (float(v) for v in sd.get("work", (0.0, 0.0)))
+        self.cohorts = [(int(s), list(n)) for s, n in sd.get("cohorts", [])]
+        self.last_loss = sd.get("last_loss")
+        self.history = [float(v) for v in sd.get("history", [])]
+        self._rows = int(sd.get("rows", 0))
+        self._changed = bool(sd.get("changed", False))
+        self.on_trial = []
+        for t in sd.get("on_trial", []):
+            held = Probe(self.probe.batches, self.probe.samples)
+            held.load_state_dict(t["held"])
+            self.on_trial.append({**t, "held": held})
+

@@ -305,7 +305,7 @@ def _warnings(results: list[RunResult]) -> list[str]:
 
 def _plot(results: list[RunResult], path: str, title: str) -> None:
     """One report figure: test accuracy per epoch and forward FLOPs per step against training wall time,
-    every arm, drop events marked and labelled with the units dropped."""
+    every arm, drops (dashed) and returns (dotted) marked and labelled with their units."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,6 +325,12 @@ def _plot(results: list[RunResult], path: str, title: str) -> None:
                 ax.axvline(t, color=c, ls="--", lw=1, alpha=0.7)
             ax2.annotate(f"step {st}: {', '.join(names)}", (t, 100 * r.step_flops[min(st, len(r.step_flops)) - 1]),
                          textcoords="offset points", xytext=(4, -14), fontsize=9, color=c, rotation=0)
+        for st, names in r.restores:  # units put back: dotted, labelled "back"
+            t = r.step_time[min(st, len(r.step_time)) - 1] if r.step_time else 0.0
+            for ax in (ax1, ax2):
+                ax.axvline(t, color=c, ls=":", lw=1.5, alpha=0.9)
+            ax2.annotate(f"step {st}: back {', '.join(names)}", (t, 100 * r.step_flops[min(st, len(r.step_flops)) - 1]),
+                         textcoords="offset points", xytext=(4, 6), fontsize=9, color=c, rotation=0)
     ax1.set_ylabel("test accuracy (%)\nat each epoch end")
     ax1.legend(loc="lower right", fontsize=9)
     ax1.grid(alpha=0.3)

@@ -47,13 +47,14 @@ class _Reports:
 
         units = self._require_units()
         total = max(self.full_flops("train"), 1)
+        back = {n: st for st, names in getattr(self.policy, "restored", []) for n in names}  # last return
         rows = [
             [u.name, u.kind, u.n_params, f"{u.flops / 1e6:.1f}", f"{100 * u.flops / total:.1f}",
-             "dropped" if u.dropped else "live"]
+             "dropped" if u.dropped else f"live (back at step {back[u.name]})" if u.name in back else "live"]
             for u in units
         ]
         table = tabulate(rows, headers=["unit", "kind", "params", "MFLOPs", "% FLOPs", "state"], tablefmt=tablefmt)
         return (
-            f"{table}\n{len(units)} units, {len(self.dropped)} dropped; forward FLOPs "
+            f"{table}\n{len(units)} units, {len(self.dropped)} dropped, {len(back)} put back; forward FLOPs "
             f"{self.flops('train') / 1e6:.1f}M of {total / 1e6:.1f}M ({100 * self.flops('train') / total:.1f}%)"
         )

@@ -147,6 +147,22 @@ def test_interleaved_runs_equal_separate_runs(one_thread):
     assert r.test_acc == alone["learn-and-drop"].result().test_acc and r.events == alone["learn-and-drop"].result().events
 
 
+def test_timeline_marks_drops_and_returns(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib", reason="the timeline needs the plot extra: pip install -e '.[plot]'")
+    import matplotlib.pyplot as plt
+
+    from fxdrop import cli
+    from fxdrop.train import RunResult
+
+    r = RunResult("learn-and-drop", 4.0, 0.9, 0.7, 2, [], [(2, ["a", "b"])], 4, epoch_acc=[0.8, 0.9],
+                  epoch_time=[2.0, 4.0], step_time=[1.0, 2.0, 3.0, 4.0], step_flops=[1.0, 0.5, 1.0, 1.0],
+                  event_times=[2.0], restores=[(3, ["a", "b"])])
+    texts = []
+    monkeypatch.setattr(plt.Axes, "annotate", lambda self, text, *a, **k: texts.append(text))
+    cli._plot([r], str(tmp_path / "t.png"), "t")
+    assert texts == ["step 2: a, b", "step 3: back a, b"] and (tmp_path / "t.png").stat().st_size > 0
+
+
 def test_cli_run_tiny_end_to_end(capsys, tmp_path, one_thread):
     pytest.importorskip("matplotlib", reason="--plot needs the plot extra: pip install -e '.[plot]'")
     rc = main(TINY + ["--policy", "learn-and-drop", "random", "full-matched", "--json", str(tmp_path / "r.json"),

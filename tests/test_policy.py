@@ -296,6 +296,7 @@ def test_units_return_when_the_data_changes(monkeypatch):
     assert all(p not in opt.state for p in net.parameters_of(net.unit("layer1.0")))  # a fresh optimizer state
     kinds = [c["kind"] for c in pol.checks]
     assert "probation" in kinds and kinds[-1] == "return"
+    assert "live (back at step 25)" in net.summary() and "0 dropped, 5 put back" in net.summary()
 
 
 def test_new_data_asks_for_a_return_check(monkeypatch):

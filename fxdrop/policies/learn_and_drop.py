@@ -9,7 +9,7 @@ again later, and put units back when the data changes. docs/method.md has the de
         if L jumped (> 1.5 x the last boundary's and by > 0.1) or new_data() was called:
             each dropped cohort returns if putting it back lowers L by more than `tolerance`; stop
         if checks so far plus the next one exceed 5% of the training compute (of the whole run, when its
-            length is known; else of the steps so far), or the run ends before a drop's probation: stop
+            length is known; else of twice the steps so far), or the run ends before a drop's probation: stop
         candidates: live units, stalled (plateau ratio <= `plateau`) first, then in graph order,
             cut where the forward FLOPs would pass 1 / `target_speedup`; units refused lately wait
         bound = max(tolerance * L, min(training's gain since ln C / 3, its gain over the last 3 boundaries))
@@ -225,13 +225,13 @@ class LearnAndDrop(LearnAndDropState, Policy):
 
     def _over_budget(self, step: int) -> bool:
         """No drop now: the checks so far plus the next would pass ``_CHECK_SHARE`` of the training compute
-        (the whole run's when its length is known, at the current graph's cost per step; else the steps so
-        far), or the run ends before a drop made now would be judged."""
-        work = self.train_work
+        (the whole run's when its length is known, at the current graph's cost per step; else of a run
+        assumed to last twice its steps so far), or the run ends before a drop made now would be judged."""
+        work = 2 * self.train_work
         if self.total_steps is not None:
             if step + _PROBATION * self.interval > self.total_steps:
                 return True
-            work += 3 * self._rows * self._fraction() * (self.total_steps - step)
+            work = self.train_work + 3 * self._rows * self._fraction() * (self.total_steps - step)
         return self.check_work + self._last_work > _CHECK_SHARE * work
 
     def _judge(self, due: list[dict], step: int) -> list[str]:

@@ -4,6 +4,7 @@ forward FLOPs, predicted), the accuracy difference to the full network, the chec
 and when the drops came::
 
     python bench/evidence_table.py docs/measurements/matrix
+    python bench/evidence_table.py --sequences docs/measurements/sequences   # bench/sequences.py's runs
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def _ms(values: list[float], fmt: str) -> str:
 
 def table(runs: list[dict]) -> str:
     head = ("| model / data | loop | seeds | CPU speed-up | wall speed-up | FLOPs speed-up | Δ acc pt | full acc % "
-            "| checks % | drops (step: units) | returns |\n|---|---|---|---|---|---|---|---|---|---|---|")
+            "| Δ vs time-matched full pt | checks % | drops (step: units) | returns |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault((r["row"]["model"], r["row"]["dataset"], r["loop"]), []).append(r)
@@ -35,13 +37,42 @@ def table(runs: list[dict]) -> str:
         lines.append(f"| {model} / {data} | {loop} | {len(rs)} | {_ms([r['speedup_cpu'] for r in rs], '.2f')}x "
                      f"| {_ms([r['speedup_wall'] for r in rs], '.2f')}x | {_ms([r['speedup_flops'] for r in rs], '.2f')}x "
                      f"| {_ms([r['delta_pt'] for r in rs], '+.2f')} | {_ms([100 * r['full']['test_acc'] for r in rs], '.2f')} "
+                     f"| {_ms([100 * (r['learn_and_drop']['test_acc'] - r['matched']['test_acc']) for r in rs if 'matched' in r], '+.2f')} "
                      f"| {_ms([100 * r['check_share'] for r in rs], '.1f')} | {drops} | {returns} |")
     return "\n".join(lines)
 
 
+def sequences(runs: list[dict]) -> str:
+    """bench/sequences.py's runs: per scenario and arm, the speed-ups and the accuracy differences to the
+    full network (on the first data's test set at the switch, on the last data's at the end)."""
+    out = []
+    for name in sorted({r["scenario"] for r in runs}):
+        rs = sorted((r for r in runs if r["scenario"] == name), key=lambda r: r["seed"])
+        two = rs[0]["switch_step"] is not None
+        out.append(f"\n{rs[0]['about']}: {len(rs)} seeds\n")
+        out.append("| arm | CPU speed-up | " + ("phase-1 wall speed-up | Δ phase-1 acc at switch pt | " if two else "")
+                   + "Δ end acc pt | end acc % | drops (step: units) | returns (step: units) |")
+        out.append("|---|---|" + ("---|---|" if two else "") + "---|---|---|---|")
+        for arm in rs[0]["arms"]:
+            def d(key: str, a: str = arm) -> str:
+                return _ms([100 * (r["arms"][a][key] - r["arms"]["full"][key]) for r in rs], "+.2f")
+            speed = _ms([r["speedup_cpu"][arm] for r in rs], ".2f") + "x" if arm in rs[0]["speedup_cpu"] else \
+                "(full, time-matched: " + _ms([r["arms"][arm]["steps"] for r in rs], ".0f") + " steps)"
+            first = (f"{_ms([r['speedup_first_phase'][arm] for r in rs], '.2f')}x | {d('first_acc_at_switch')} | "
+                     if two and arm in rs[0]["speedup_first_phase"] else "- | - | " if two else "")
+            ev = lambda key: "; ".join("s{}: {}".format(r["seed"], ", ".join(  # noqa: E731
+                f"{s}: {len(n)}" for s, n in r["arms"][arm][key]) or "none") for r in rs)
+            out.append(f"| {arm} | {speed} | {first}{d('test_acc')} | "
+                       f"{_ms([100 * r['arms'][arm]['test_acc'] for r in rs], '.1f')} | {ev('events')} | {ev('restores')} |")
+    return "\n".join(out)
+
+
 def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/measurements/matrix")
+    root = Path(sys.argv[-1] if len(sys.argv) > 1 else "docs/measurements/matrix")
     runs = [json.loads(p.read_text()) for p in sorted(root.glob("*.json"))]
+    if "--sequences" in sys.argv:
+        print(sequences(runs))
+        return
     for held in (False, True):
         print(f"\n{'Held-out rows (run once, after the default was fixed)' if held else 'Fitted rows'}\n")
         print(table([r for r in runs if r["row"]["held_out"] == held]))

@@ -5,13 +5,14 @@ again later, and put units back when the data changes. docs/method.md has the de
         score each live unit: its layer change per learning rate over the interval (the paper's scores)
         judge the cohorts dropped 3 boundaries ago: on the rows held at their drop, the held loss must be
             back within the bound that drop passed; else they return (weights as when dropped)
-        L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
-        if L jumped (> 1.5 x the last boundary's and by > 0.1) or new_data() was called:
-            each dropped cohort returns if putting it back lowers L by more than `tolerance`; stop
+        if the training loss jumped (its mean over the interval > 1.5 x the last one's, and by > 0.1; read
+            off the gradient the loss sends to the logits) or new_data() was called:
+            each dropped cohort returns if putting it back lowers the held loss by > `tolerance`; stop
         if checks so far plus the next one exceed 5% of the training compute (of the whole run, when its
             length is known; else of twice the steps so far), or the run ends before a drop's probation: stop
         candidates: live units, stalled (plateau ratio <= `plateau`) first, then in graph order,
             cut where the forward FLOPs would pass 1 / `target_speedup`; units refused lately wait
+        L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
         bound = max(tolerance * L, min(training's gain since ln C / 3, its gain over the last 3 boundaries))
         try the first n, n/2, ..., 1 candidates at once; drop the largest set with held loss <= L + bound;
             none passed: the first candidate waits 1, 2, 4, ... boundaries
@@ -86,8 +87,9 @@ class LearnAndDrop(LearnAndDropState, Policy):
         self.wait: dict[str, tuple[int, int]] = {}  # unit -> (boundary it may be tried again at, next wait)
         self.checks: list[dict] = []  # every check: step, kind, units, loss now, loss with, accepted
         self.train_work = self.check_work = 0.0  # rows through the full forward graph (a training row: 3)
-        self.last_loss: float | None = None  # held loss of the graph that ran after the previous boundary
         self.history: list[float] = []  # held loss at the last _PROBATION boundaries that checked
+        self.train_loss: float | None = None  # mean training loss over the last interval (read off gradients)
+        self._loss_sum, self._loss_n = 0.0, 0
         self._rows = 0  # rows of the last training batch
         self._lr_sum, self._lr_n = 0.0, 0
         self._changed = False  # new_data() was called
@@ -141,15 +143,19 @@ class LearnAndDrop(LearnAndDropState, Policy):
                                         first.device if first is not None else None, what="LearnAndDrop: check_data")
 
     def observe_output(self, step: int, output: Any) -> None:
-        """On a held step, read the batch's labels off the gradient the loss sends to the logits."""
-        if (step % self.probe.stride or not isinstance(output, torch.Tensor) or output.dim() != 2
-                or not output.requires_grad):
+        """Read the batch's labels off the gradient the loss sends to the logits: the training loss (for
+        jumps) and, on a held step, the held batch's labels."""
+        if not isinstance(output, torch.Tensor) or output.dim() != 2 or not output.requires_grad:
             return
         logits = output.detach()
 
         def read(grad: torch.Tensor) -> None:
             labels = labels_from_grad(logits, grad)
-            if labels is not None:
+            if labels is None:
+                return
+            self._loss_sum += float(torch.nn.functional.cross_entropy(logits.float(), labels))
+            self._loss_n += 1
+            if not step % self.probe.stride:
                 self.probe.offer_targets(step, labels)
 
         output.register_hook(read)
@@ -184,24 +190,17 @@ class LearnAndDrop(LearnAndDropState, Policy):
             return []
         self._returning = self._judge([t for t in self.on_trial if t["end"] <= step], step)
         if self._returning:
-            self.last_loss = None  # the network changes back: its loss is measured afresh
-            return []  # and units are chosen from the next boundary on
+            return []  # units are chosen from the next boundary on
+        if self._jumped() and self.cohorts and self.returns:
+            self._returning = self._check_returns(held, step)
+            return []
         cands = [] if self._over_budget(step) else self._candidates(step, scores)
-        if not cands and not (self.cohorts and self.returns):
-            return []  # nothing to try, and no dropped unit whose return a jump of the loss could call for
+        if not cands:
+            return []
         sizes = sorted({max(1, len(cands) >> i) for i in range(len(cands).bit_length())}, reverse=True)
         graphs = [self.net.candidate_graph([u.name for u in cands[:n]], "train") for n in sizes]
         res = self._losses(held, graphs)
-        before, self.last_loss = self.last_loss, res.now
         self.history = (self.history + [res.now])[-_PROBATION - 1:]
-        jumped = self._changed or (before is not None and res.now > _JUMP_RATIO * before
-                                   and res.now - before > _JUMP_MIN)
-        self._changed = False
-        if jumped and self.cohorts and self.returns:
-            self._returning = self._check_returns(held, step)
-            return []
-        if not cands:
-            return []
         # a drop may undo what training gained over the last 3 boundaries (the time its probation gives it to
         # recover), and at most a third of what it gained since the untrained network's loss (ln C): early a
         # lot, late little; and always `tolerance` of the loss
@@ -215,13 +214,23 @@ class LearnAndDrop(LearnAndDropState, Policy):
             ok = loss - res.now <= bound
             self._record(step, "drop", [u.name for u in cands[:n]], res.now, loss, ok, res.labelled)
             if ok and not chosen:
-                chosen, self.last_loss = [u.name for u in cands[:n]], loss
+                chosen = [u.name for u in cands[:n]]
         if not chosen:
             self._refuse(cands[0].name, step)
         elif res.labelled:
             self._trial = {"names": chosen, "end": step + _PROBATION * self.interval, "before": res.now,
                            "bound": bound, "held": held.head(len(held))}
         return chosen
+
+    def _jumped(self) -> bool:
+        """Did the data change? new_data() was called, or the training loss's mean over this interval is
+        more than 1.5 x the last one's, and by more than 0.1 (no training loss read: only new_data())."""
+        now = self._loss_sum / self._loss_n if self._loss_n else None
+        before, self.train_loss = self.train_loss, now
+        self._loss_sum, self._loss_n = 0.0, 0
+        changed, self._changed = self._changed, False
+        return changed or (before is not None and now is not None and now > _JUMP_RATIO * before
+                           and now - before > _JUMP_MIN)
 
     def _over_budget(self, step: int) -> bool:
         """No drop now: the checks so far plus the next would pass ``_CHECK_SHARE`` of the training compute
@@ -288,9 +297,6 @@ class LearnAndDrop(LearnAndDropState, Policy):
             ok = rise(res.now, loss) < -self.tolerance
             self._record(step, kind, names, res.now, loss, ok, True)
             back += names if ok else []
-        if not back:
-            return []
-        self.last_loss = min(res.candidates)
         return back
 
     def _agree(self) -> None:
@@ -307,7 +313,7 @@ class LearnAndDrop(LearnAndDropState, Policy):
         for n in back:
             self._fresh_optimizer_state(n)
             self._refuse(n, self.net.steps, at_least=4)
-        self._recalibrate()
+        self._new_baseline()
         log.info("fxdrop: step %d: %s returned", self.net.steps, back)
 
     def committed(self, names: list[str]) -> None:
@@ -321,7 +327,7 @@ class LearnAndDrop(LearnAndDropState, Policy):
         for n in names:
             self.tracker.forget(n)
             self.wait.pop(n, None)
-        self._recalibrate()
+        self._new_baseline()
 
     # ----------------------------------------------------------------- helpers
     def _fresh_optimizer_state(self, name: str) -> None:
@@ -346,6 +352,12 @@ class LearnAndDrop(LearnAndDropState, Policy):
         if graphs:
             self._last_work = work
         return res
+
+    def _new_baseline(self) -> None:
+        """The network changed (a drop or a return): BatchNorm statistics re-estimated, and the training
+        loss from here on is the baseline later jumps are measured against."""
+        self._recalibrate()
+        self.train_loss, self._loss_sum, self._loss_n = None, 0.0, 0
 
     def _recalibrate(self) -> int:
         """Re-estimate BatchNorm statistics for the graph as it is now, on the held training batches."""

@@ -17,9 +17,9 @@ class LearnAndDropState:
         sd.update(tracker=self.tracker.state_dict() if self.tracker is not None else None,
                   lr=(self._lr_sum, self._lr_n), wait={k: list(v) for k, v in self.wait.items()},
                   probe=self.probe.state_dict(), held_out=self.held_out.state_dict() if self.held_out else None,
-                  checks=[dict(c) for c in self.checks], work=(self.train_work, self.check_work),
-                  cohorts=[[s, list(n)] for s, n in self.cohorts], last_loss=self.last_loss,
-                  history=list(self.history), rows=self._rows,
+                  checks=[dict(c) for c in self.checks], work=(self.train_work, self.check_work, self._last_work),
+                  cohorts=[[s, list(n)] for s, n in self.cohorts], history=list(self.history), rows=self._rows,
+                  train_loss=(self.train_loss, self._loss_sum, self._loss_n),
                   changed=self._changed, on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
                   schedule={"interval": self.interval, "total_steps": self.total_steps})
         return sd
@@ -40,9 +40,9 @@ class LearnAndDropState:
             self.held_out = Probe(self.probe.batches, 2 * self.probe.samples)
             self.held_out.load_state_dict(sd["held_out"])
         self.checks = [dict(c) for c in sd.get("checks", [])]
-        self.train_work, self.check_work = (float(v) for v in sd.get("work", (0.0, 0.0)))
+        self.train_work, self.check_work, self._last_work = (float(v) for v in sd.get("work", (0.0, 0.0, 0.0)))
         self.cohorts = [(int(s), list(n)) for s, n in sd.get("cohorts", [])]
-        self.last_loss = sd.get("last_loss")
+        self.train_loss, self._loss_sum, self._loss_n = sd.get("train_loss", (None, 0.0, 0))
         self.history = [float(v) for v in sd.get("history", [])]
         self._rows = int(sd.get("rows", 0))
         self._changed = bool(sd.get("changed", False))

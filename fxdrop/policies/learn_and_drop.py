@@ -5,8 +5,7 @@ again later, and put units back when the data changes. docs/method.md has the de
         score each live unit: its layer change per learning rate over the interval (the paper's scores)
         judge the cohorts dropped 3 boundaries ago: on the rows held at their drop, the held loss must be
             back within the bound that drop passed; else they return (weights as when dropped)
-        if the training loss jumped (its mean over the interval > 1.5 x the last one's, and by > 0.1; read
-            off the gradient the loss sends to the logits) or new_data() was called:
+        if the training loss jumped (interval mean > 1.5 x the last one's, and by > 0.1) or new_data():
             each dropped cohort returns if putting it back lowers the held loss by > `tolerance`; stop
         if checks so far plus the next one exceed 5% of the training compute (of the whole run, when its
             length is known; else of twice the steps so far), or the run ends before a drop's probation: stop
@@ -60,7 +59,7 @@ class LearnAndDrop(LearnAndDropState, Policy):
 
     >>> net = fxdrop.wrap(model, example_inputs=(x,), policy=fxdrop.LearnAndDrop(target_speedup=2.0))
 
-    ``interval``: steps between boundaries (default: the run's length / 25, between 4 and 50, from
+    ``interval``: steps between boundaries (default: the run's length / 20, between 8 and 50, from
     ``total_steps``, the LR scheduler or Lightning; 16 when unknown). ``tolerance``: the relative rise of the
     held loss a drop may cause (0.05). ``target_speedup``: stop dropping once the forward FLOPs are cut
     that much (none: as far as the checks allow). ``plateau``: a unit whose smoothed layer change fell to

@@ -9,6 +9,7 @@ written as soon as it ends::
 
     python bench/evidence.py --row 0 --loop plain --seed 0          # a row of bench/matrix.json
     python bench/evidence.py --rows fitted --seeds 0 1 2            # every fitted row, both loops
+    python bench/evidence.py --row 0 --loop attach --ld target_speedup=2   # the budget knob
     python bench/evidence_table.py docs/measurements/matrix         # the tables of docs/results.md
 """
 
@@ -33,10 +34,12 @@ LOOPS = {  # loop: TrainConfig options (bench/matrix.json's "about" says what ea
 }
 
 
-def run(row: dict, loop: str, seed: int, epochs: int, batch_size: int, matched: bool, out: Path) -> dict:
+def run(row: dict, loop: str, seed: int, epochs: int, batch_size: int, matched: bool, out: Path,
+        options: dict | None = None) -> dict:
     data = data_mod.load(row["dataset"])
     classes = int(data.train_y.max()) + 1
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, progress=False, **LOOPS[loop])
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, progress=False, ld_options=options or {},
+                      **LOOPS[loop])
     factory = lambda: build_model(row["model"], classes)  # noqa: E731
     warm = [TrainRun(factory, data, TrainConfig(**{**cfg.__dict__, "max_steps": 10, "evaluate": False}), k)
             for k in ("none", "learn-and-drop")]
@@ -44,7 +47,7 @@ def run(row: dict, loop: str, seed: int, epochs: int, batch_size: int, matched: 
     runs = [TrainRun(factory, data, cfg, k) for k in ("none", "learn-and-drop")]
     train_interleaved(runs, chunk_steps=5)
     full, ld = (r.result() for r in runs)
-    rec = {"row": row, "loop": loop, "seed": seed, "epochs": epochs, "batch_size": batch_size,
+    rec = {"row": row, "loop": loop, "seed": seed, "epochs": epochs, "batch_size": batch_size, "options": options or {},
            "full": full.to_dict(), "learn_and_drop": ld.to_dict(), "check_share": runs[1].policy.check_share,
            "checks": runs[1].policy.checks, "speedup_cpu": full.cpu_s / ld.cpu_s,
            "speedup_wall": full.wall_s / ld.wall_s, "speedup_flops": 1 / ld.flops_ratio,
@@ -56,7 +59,8 @@ def run(row: dict, loop: str, seed: int, epochs: int, batch_size: int, matched: 
         train_interleaved([m])
         rec["matched"] = {"steps": steps, "test_acc": m.result().test_acc}
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{row['model']}_{row['dataset']}_{loop}_s{seed}.json"
+    tag = "".join(f"_{k}={v}" for k, v in sorted((options or {}).items()))
+    name = f"{row['model']}_{row['dataset']}_{loop}{tag}_s{seed}.json"
     (out / name).write_text(json.dumps(rec, indent=1))
     return rec
 
@@ -70,15 +74,18 @@ def main() -> None:
     p.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="*", default=spec["seeds"])
     p.add_argument("--epochs", type=int, default=spec["epochs"])
     p.add_argument("--matched", action="store_true", help="also the full network for Learn&Drop's CPU time")
+    p.add_argument("--ld", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="LearnAndDrop options, e.g. target_speedup=2 (numbers parsed as floats)")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
+    options = {k: float(v) for k, v in (kv.split("=", 1) for kv in a.ld)}
     torch.set_num_threads(1)
     rows = [(i, r) for i, r in enumerate(spec["rows"]) if (a.row is None or i in a.row)
             and (a.rows is None or r["held_out"] == (a.rows == "held-out"))]
     for i, row in rows:
         for loop in a.loop:
             for seed in a.seeds:
-                r = run(row, loop, seed, a.epochs, spec["batch_size"], a.matched, a.out)
+                r = run(row, loop, seed, a.epochs, spec["batch_size"], a.matched, a.out, options)
                 print(f"row {i} {row['model']}/{row['dataset']} {loop} s{seed}: {r['speedup_cpu']:.2f}x cpu "
                       f"{r['speedup_wall']:.2f}x wall {r['speedup_flops']:.2f}x flops, {r['delta_pt']:+.2f} pt, "
                       f"checks {100 * r['check_share']:.1f}%, drops {r['learn_and_drop']['events']} "

@@ -27,7 +27,8 @@ def table(runs: list[dict]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|")
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["row"]["model"], r["row"]["dataset"], r["loop"]), []).append(r)
+        opts = "".join(f", {k}={v:g}" for k, v in sorted(r.get("options", {}).items()))
+        groups.setdefault((r["row"]["model"], r["row"]["dataset"], r["loop"] + opts), []).append(r)
     lines = [head]
     for (model, data, loop), rs in sorted(groups.items()):
         rs.sort(key=lambda r: r["seed"])

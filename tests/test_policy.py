@@ -243,6 +243,31 @@ def test_checks_stay_within_their_share_of_the_compute():
     assert drops == [4]
 
 
+def test_known_length_lets_checks_come_early():
+    # with the run's length known the checks may spend 5% of the whole run's compute, so more than the
+    # first boundary checks (5% of the steps so far would allow one check here: see the test above)
+    pol = fxdrop.LearnAndDrop(interval=4, total_steps=400, tolerance=0.0)
+    torch.manual_seed(0)
+    net = fxdrop.wrap(narrow_resnet18(width=8), example_inputs=(torch.randn(2, 3, 16, 16),), policy=pol)
+    x, y = torch.randn(64, 3, 16, 16), torch.arange(64) % 10
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(24):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+        net.step(opt)
+    assert len({c["step"] for c in pol.checks if c["kind"] == "drop"}) > 1
+
+
+def test_no_drop_its_probation_cannot_judge_before_a_known_end(monkeypatch):
+    _scripted_losses(monkeypatch, lambda n: (1.0, [9.0] * n))  # every candidate refused, checks cost nothing
+    pol = fxdrop.LearnAndDrop(interval=5, total_steps=40)
+    net, x = _net(pol)
+    _train(net, x, 40)
+    # probation comes 3 boundaries (15 steps) after a drop: the last drop check is at step 25
+    assert sorted({c["step"] for c in pol.checks if c["kind"] == "drop"}) == [5, 10, 15, 20, 25]
+
+
 def _scripted_losses(monkeypatch, script):
     """Replace the held losses by ``script(kind, n_candidates)`` -> (now, [candidates])."""
     from fxdrop.policies import checks, learn_and_drop

@@ -151,7 +151,7 @@ def test_timeline_marks_drops_and_returns(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib", reason="the timeline needs the plot extra: pip install -e '.[plot]'")
     import matplotlib.pyplot as plt
 
-    from fxdrop import cli
+    from fxdrop import run_report
     from fxdrop.train import RunResult
 
     r = RunResult("learn-and-drop", 4.0, 0.9, 0.7, 2, [], [(2, ["a", "b"])], 4, epoch_acc=[0.8, 0.9],
@@ -159,7 +159,7 @@ def test_timeline_marks_drops_and_returns(tmp_path, monkeypatch):
                   event_times=[2.0], restores=[(3, ["a", "b"])])
     texts = []
     monkeypatch.setattr(plt.Axes, "annotate", lambda self, text, *a, **k: texts.append(text))
-    cli._plot([r], str(tmp_path / "t.png"), "t")
+    run_report.plot([r], str(tmp_path / "t.png"), "t")
     assert texts == ["step 2: a, b", "step 3: back a, b"] and (tmp_path / "t.png").stat().st_size > 0
 
 

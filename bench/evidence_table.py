@@ -54,17 +54,23 @@ def sequences(runs: list[dict]) -> str:
         out.append("| arm | CPU speed-up | " + ("phase-1 wall speed-up | Δ phase-1 acc at switch pt | " if two else "")
                    + "Δ end acc pt | end acc % | drops (step: units) | returns (step: units) |")
         out.append("|---|---|" + ("---|---|" if two else "") + "---|---|---|---|")
+        short = [r["seed"] for r in rs if two and r["arms"]["matched"]["steps"] <= r["switch_step"]]
         for arm in rs[0]["arms"]:
-            def d(key: str, a: str = arm) -> str:
-                return _ms([100 * (r["arms"][a][key] - r["arms"]["full"][key]) for r in rs], "+.2f")
+            # a time-matched run that ended before the switch never saw the second data: no end accuracy
+            ok = [r for r in rs if arm != "matched" or r["seed"] not in short]
+
+            def d(key: str, a: str = arm, ok: list = ok) -> str:
+                return _ms([100 * (r["arms"][a][key] - r["arms"]["full"][key]) for r in ok], "+.2f")
             speed = _ms([r["speedup_cpu"][arm] for r in rs], ".2f") + "x" if arm in rs[0]["speedup_cpu"] else \
-                "(full, time-matched: " + _ms([r["arms"][arm]["steps"] for r in rs], ".0f") + " steps)"
+                "(full, time-matched: " + _ms([r["arms"][arm]["steps"] for r in rs], ".0f") + " steps" + \
+                (f"; seed {', '.join(map(str, short))} ended before the switch: left out" if short else "") + ")"
             first = (f"{_ms([r['speedup_first_phase'][arm] for r in rs], '.2f')}x | {d('first_acc_at_switch')} | "
                      if two and arm in rs[0]["speedup_first_phase"] else "- | - | " if two else "")
             ev = lambda key: "; ".join("s{}: {}".format(r["seed"], ", ".join(  # noqa: E731
-                f"{s}: {len(n)}" for s, n in r["arms"][arm][key]) or "none") for r in rs)
+                f"{s}: {len(n)}" for s, n in r["arms"][arm][key]) or "none") for r in rs) \
+                if any(r["arms"][arm][key] for r in rs) else "-"
             out.append(f"| {arm} | {speed} | {first}{d('test_acc')} | "
-                       f"{_ms([100 * r['arms'][arm]['test_acc'] for r in rs], '.1f')} | {ev('events')} | {ev('restores')} |")
+                       f"{_ms([100 * r['arms'][arm]['test_acc'] for r in ok], '.1f')} | {ev('events')} | {ev('restores')} |")
     return "\n".join(out)
 
 

@@ -83,7 +83,7 @@ def scenario(name: str, cfg: TrainConfig):
     raise ValueError(f"unknown scenario {name!r}")
 
 
-def run(name: str, seed: int, lr: float, out: Path) -> dict:
+def run(name: str, seed: int, lr: float, out: Path, arms: list[str] | None = None) -> dict:
     cfg = TrainConfig(epochs=1, batch_size=128, seed=seed, progress=False, loop="step", optimizer="adamw", lr=lr,
                       schedule="constant")
     factory, first, epochs, then, then_epochs, about = scenario(name, cfg)
@@ -92,15 +92,17 @@ def run(name: str, seed: int, lr: float, out: Path) -> dict:
     def arm(kind: str, options: dict, **kw) -> TrainRun:
         return TrainRun(factory, first, replace(cfg, ld_options=options, **kw), kind, then=then,
                         then_epochs=then_epochs or None)
-    train_interleaved([arm(k, o, max_steps=10, evaluate=False) for k, o in ARMS.values()], chunk_steps=5)
-    runs = {label: arm(k, o) for label, (k, o) in ARMS.items()}
+    chosen = {k: v for k, v in ARMS.items() if arms is None or k in arms}
+    train_interleaved([arm(k, o, max_steps=10, evaluate=False) for k, o in chosen.values()], chunk_steps=5)
+    runs = {label: arm(k, o) for label, (k, o) in chosen.items()}
     train_interleaved(list(runs.values()), chunk_steps=5)
     res = {label: r.result() for label, r in runs.items()}
-    steps = time_matched_steps(res["full"], res["fxdrop"])
-    matched = TrainRun(factory, first, cfg, "full-matched", total_steps=steps, then=then,
-                       then_epochs=then_epochs or None)
-    train_interleaved([matched])
-    res["matched"] = matched.result()
+    if arms is None:
+        steps = time_matched_steps(res["full"], res["fxdrop"])
+        matched = TrainRun(factory, first, cfg, "full-matched", total_steps=steps, then=then,
+                           then_epochs=then_epochs or None)
+        train_interleaved([matched])
+        res["matched"] = matched.result()
     switch = runs["full"].switch_at if then is not None else None
     rec = {"scenario": name, "about": about, "seed": seed, "lr": lr, "switch_step": switch,
            "arms": {k: v.to_dict() for k, v in res.items()},
@@ -120,12 +122,16 @@ def main() -> None:
                    choices=["sequence", "classes", "finetune"])
     p.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW's constant learning rate")
+    p.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=None,
+                   help="only these arms, without the time-matched one (a quick look; default: every arm)")
     p.add_argument("--out", type=Path, default=OUT)
     a = p.parse_args()
+    if a.arms is not None and not {"full", "fxdrop"} <= set(a.arms):
+        p.error("--arms must include full and fxdrop (the speed-ups are against full; the checks are fxdrop's)")
     torch.set_num_threads(1)
     for name in a.scenario:
         for seed in a.seeds:
-            r = run(name, seed, a.lr, a.out)
+            r = run(name, seed, a.lr, a.out, a.arms)
             arms = r["arms"]
             first = " ".join(f"{k} {100 * (v['first_acc_at_switch'] or 0):.1f}" for k, v in arms.items()) \
                 if r["switch_step"] else ""

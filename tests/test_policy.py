@@ -282,7 +282,7 @@ def test_drop_bound_is_what_training_gained(monkeypatch):
         _scripted_losses(monkeypatch, lambda n, w=worse: (1.0, [w] * n))
         pol = fxdrop.LearnAndDrop(**KW)
         net, x = _net(pol)
-        pol.last_loss, pol.history = 1.0, [1.0] * 3
+        pol.history = [1.0] * 3
         _train(net, x, 5)
         assert bool(pol.events) == dropped
         if not dropped:
@@ -290,8 +290,8 @@ def test_drop_bound_is_what_training_gained(monkeypatch):
 
 
 def test_units_return_when_the_data_changes(monkeypatch):
-    state = {"now": 1.0, "back": 1.0}
-    _scripted_losses(monkeypatch, lambda n: (state["now"], [state["back"]] * n))
+    state = {"now": 1.0, "with": 1.0}
+    _scripted_losses(monkeypatch, lambda n: (state["now"], [state["with"]] * n))
     pol = fxdrop.LearnAndDrop(**KW)
     net, x = _net(pol)
     opt = _train(net, x, 5)  # boundary 1: everything passes (gain 1.3)
@@ -300,31 +300,36 @@ def test_units_return_when_the_data_changes(monkeypatch):
     before = gone.detach().clone()
     _train(net, x, 20, opt=opt, start=5)  # probation at 20: the held loss is back where it was: they stay
     assert len(net.dropped) == 5 and torch.equal(gone, before)
-    # the data changes: the labels move, so the training loss jumps; the held loss is 3.0 now, 2.0 with the
-    # units back
-    state.update(now=3.0, back=2.0)
+    # the data changes: the labels move, so the training loss jumps; every dropped unit comes back on trial,
+    # with no check (a stale unit raises the held loss at first), its weights as when dropped
     events = []
     net.on_drop(lambda n, names, ev: events.append(ev))
     _train(net, x, 25, opt=opt, start=20, shift=5)
-    assert net.dropped == [] and pol.restored and pol.restored[0][0] == 25 and events == ["restore"]
-    assert torch.equal(gone, before)  # back with its weights as they were when dropped
+    assert net.dropped == [] and pol.restored == [(25, [u.name for u in net.units])] and events == ["restore"]
+    assert torch.equal(gone, before)
     assert all(p not in opt.state for p in net.parameters_of(net.unit("layer1.0")))  # a fresh optimizer state
-    kinds = [c["kind"] for c in pol.checks]
-    assert "probation" in kinds and kinds[-1] == "return"
     assert "live (back at step 25)" in net.summary() and "0 dropped, 5 put back" in net.summary()
+    # the next boundary checks them like any drop: those the new data needs (here: any, the held loss rises by
+    # more than the tolerance without them) stay
+    state.update(now=1.0, **{"with": 1.5})
+    pol.history = [1.0] * 4  # nothing gained lately: the bound is the tolerance
+    _train(net, x, 30, opt=opt, start=25, shift=5)
+    assert net.dropped == [] and pol.checks[-1]["kind"] == "drop" and not pol.checks[-1]["accepted"]
+    state.update(now=1.0, **{"with": 1.01})  # ... and those it does not need go again
+    _train(net, x, 45, opt=opt, start=30, shift=5)
+    assert len(net.dropped) == 5  # the one refused at 30 waits 2 boundaries
 
 
-def test_new_data_asks_for_a_return_check(monkeypatch):
-    _scripted_losses(monkeypatch, lambda n: (1.0, [0.5] * n if n and state["asked"] else [1.0] * n))
-    state = {"asked": False}
-    pol = fxdrop.LearnAndDrop(**KW)
+@pytest.mark.parametrize("returns", [True, False])
+def test_new_data_brings_units_back(returns):
+    pol = fxdrop.LearnAndDrop(returns=returns, **KW)
     net, x = _net(pol)
-    opt = _train(net, x, 5)
-    assert net.dropped
+    net.drop("layer1.0")
+    pol.committed(["layer1.0"])  # as if the policy had dropped it
     net.new_data()
-    state["asked"] = True
-    _train(net, x, 10, opt=opt, start=5)
-    assert net.dropped == [] and pol.checks[-1]["kind"] == "return"
+    opt = _train(net, x, 5)
+    assert pol.restored == ([(5, ["layer1.0"])] if returns else [])
+    assert ("layer1.0" in net.dropped) != returns
 
 
 def test_layer_freezing_baseline():

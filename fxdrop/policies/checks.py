@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 from ..probe import Probe, leading_rows, preserved_state
 from ..reuse import SharedPrefix
 
-__all__ = ["HeldLosses", "held_losses", "labels_from_grad", "rise"]
+__all__ = ["HeldLosses", "held_losses", "labels_from_grad", "loss_from_grad", "rise"]
 
 
 @dataclass
@@ -57,15 +57,35 @@ def labels_from_grad(logits: torch.Tensor, grad: torch.Tensor) -> torch.Tensor |
     to the ``N x C`` logits: the targets are ``softmax(logits) - s * grad`` with ``s = N`` (mean reduction)
     or ``1`` (sum); a row's label is its target's arg-max. ``None`` when neither scale gives rows that
     are probability distributions (another loss, a scaled or accumulated loss, AMP's loss scaling)."""
+    read = _read_grad(logits, grad)
+    return read[0] if read is not None and bool(read[2]) else None
+
+
+def loss_from_grad(logits: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The batch's cross-entropy against the labels :func:`labels_from_grad` reads, and whether it could
+    read them, as two 0-dim tensors on the logits' device: no host sync (``None`` for a non-``N x C``
+    output)."""
+    read = _read_grad(logits, grad)
+    return None if read is None else (read[1], read[2])
+
+
+def _read_grad(logits: torch.Tensor, grad: torch.Tensor):
+    """(labels, mean cross-entropy against them, readable) from the gradient at the logits, all tensors."""
     if logits.dim() != 2 or grad.shape != logits.shape or logits.shape[1] < 2:
         return None
-    p = torch.softmax(logits.detach().float(), 1)
-    g = grad.detach().float()
-    for s in (logits.shape[0], 1):
+    logp = torch.log_softmax(logits.detach().float(), 1)
+    p, g = logp.exp(), grad.detach().float()
+    found = None
+    for s in (1, logits.shape[0]):  # the mean reduction's scale wins where both read
         t = p - s * g
-        if (t.min() > -0.02 and (t.sum(1) - 1).abs().max() < 0.02 and t.max(1).values.min() > 0.3):
-            return t.argmax(1)
-    return None
+        ok = (t.min() > -0.02) & ((t.sum(1) - 1).abs().max() < 0.02) & (t.max(1).values.min() > 0.3)
+        labels = t.argmax(1)
+        if found is None:
+            found = (labels, ok)
+        else:
+            found = (torch.where(ok, labels, found[0]), ok | found[1])
+    labels, ok = found
+    return labels, -logp.gather(1, labels[:, None]).mean(), ok
 
 
 def _loss(out: Any, ref: Any, y: torch.Tensor | None) -> float:

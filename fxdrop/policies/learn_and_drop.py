@@ -35,7 +35,7 @@ from ..probe import Probe, leading_rows, recalibrate_batchnorm
 from ..scores import ScoreTracker
 from ..shapes import node_flops
 from .base import Policy
-from .checks import held_losses, labels_from_grad, rise
+from .checks import held_losses, labels_from_grad, loss_from_grad, rise
 from .run_length import run_length
 from .saved_state import LearnAndDropState
 
@@ -52,6 +52,7 @@ _CHECK_SHARE = 0.05  # checks may run this share of the training compute (forwar
 _JUMP_RATIO, _JUMP_MIN = 1.5, 0.1  # the held loss jumped: the data changed
 _PROBATION = 3  # boundaries after which a drop is judged: has the held loss recovered?
 _MAX_WAIT = 16  # boundaries a refused unit waits at most
+_FADE_IN_STEPS = (0.25, 0.5, 0.75, 1.0)  # the weight of a unit back on trial over the quarters of an interval
 
 
 class LearnAndDrop(LearnAndDropState, Policy):
@@ -94,6 +95,8 @@ class LearnAndDrop(LearnAndDropState, Policy):
         self._changed = False  # new_data() was called
         self._last_work = 0.0  # compute of the last check with candidates: what the next may cost
         self._returning: list[str] = []  # units this boundary puts back (applied once agreed across ranks)
+        self._return_wait = 4  # boundaries they wait before they may go again: 1 after a data change
+        self.fading_in: dict[str, int] = {}  # unit back after a data change -> the step it came back at
         self.on_trial: list[dict] = []  # cohorts on probation: names, end step, rows held, loss there, bound
         self._trial: dict | None = None  # the probation of the cohort being dropped now
 
@@ -149,13 +152,15 @@ class LearnAndDrop(LearnAndDropState, Policy):
         logits = output.detach()
 
         def read(grad: torch.Tensor) -> None:
-            labels = labels_from_grad(logits, grad)
-            if labels is None:
-                return
-            self._loss_sum += float(torch.nn.functional.cross_entropy(logits.float(), labels))
-            self._loss_n += 1
-            if not step % self.probe.stride:
-                self.probe.offer_targets(step, labels)
+            read = loss_from_grad(logits, grad)  # tensors: no host sync on the training step
+            if read is not None:
+                loss, ok = read
+                self._loss_sum = self._loss_sum + torch.where(ok, loss, 0.0)
+                self._loss_n = self._loss_n + ok.int()
+            if not step % self.probe.stride:  # a held step (one in k/2): the labels go with the batch
+                labels = labels_from_grad(logits, grad)
+                if labels is not None:
+                    self.probe.offer_targets(step, labels)
 
         output.register_hook(read)
 
@@ -171,6 +176,8 @@ class LearnAndDrop(LearnAndDropState, Policy):
         return step % self.interval == 0
 
     def _decide(self, step: int) -> list[str]:
+        if self.fading_in:
+            self._fade_in(step)
         if self.total_steps is None and self.optimizer is not None and step in (2, self.interval):
             length = run_length(self.optimizer, step)  # where the loop's LR scheduler states it
             if length is not None:
@@ -184,15 +191,18 @@ class LearnAndDrop(LearnAndDropState, Policy):
         for u in live:
             if u.name in scores:
                 u.scores.append({"step": step, **scores[u.name]})
+        if self._jumped() and self.cohorts and self.returns:
+            # every dropped unit comes back on trial, with its weights as when dropped: checking it at once
+            # would refuse it (stale, it raises the loss); from the next boundary it may go again, checked
+            # like any drop, once the network has trained with it
+            self._returning, self._return_wait = [n for _, names in self.cohorts for n in names], 1
+            return []
         held = self.held_out if self.held_out is not None else self.probe
         if not len(held):
             return []
-        self._returning = self._judge([t for t in self.on_trial if t["end"] <= step], step)
+        self._returning, self._return_wait = self._judge([t for t in self.on_trial if t["end"] <= step], step), 4
         if self._returning:
             return []  # units are chosen from the next boundary on
-        if self._jumped() and self.cohorts and self.returns:
-            self._returning = self._check_returns(held, step)
-            return []
         cands = [] if self._over_budget(step) else self._candidates(step, scores)
         if not cands:
             return []
@@ -224,7 +234,8 @@ class LearnAndDrop(LearnAndDropState, Policy):
     def _jumped(self) -> bool:
         """Did the data change? new_data() was called, or the training loss's mean over this interval is
         more than 1.5 x the last one's, and by more than 0.1 (no training loss read: only new_data())."""
-        now = self._loss_sum / self._loss_n if self._loss_n else None
+        n = int(self._loss_n)
+        now = float(self._loss_sum) / n if n else None
         before, self.train_loss = self.train_loss, now
         self._loss_sum, self._loss_n = 0.0, 0
         changed, self._changed = self._changed, False
@@ -281,26 +292,9 @@ class LearnAndDrop(LearnAndDropState, Policy):
     def _stalled(self, s: dict[str, float] | None) -> bool:
         return s is not None and math.isfinite(s.get("plateau", math.nan)) and s["plateau"] <= self.plateau
 
-    def _check_returns(self, held: Probe, step: int, cohorts: list[list[str]] | None = None,
-                       kind: str = "return") -> list[str]:
-        """Each cohort (default: every dropped one) put back alone, in one pass: those that lower the held
-        loss by more than the tolerance return."""
-        assert self.net is not None
-        cohorts = [names for _, names in self.cohorts] if cohorts is None else cohorts
-        graphs = [self.net.candidate_graph([], "train", restore=names) for names in cohorts]
-        res = self._losses(held, graphs)
-        if not res.labelled:  # against its own predictions no network does better: nothing to learn
-            return []
-        back = []
-        for names, loss in zip(cohorts, res.candidates):
-            ok = rise(res.now, loss) < -self.tolerance
-            self._record(step, kind, names, res.now, loss, ok, True)
-            back += names if ok else []
-        return back
-
     def _agree(self) -> None:
         assert self.net is not None
-        back, self.wait = agree((list(self._returning), dict(self.wait)))
+        back, self.wait, self._return_wait = agree((list(self._returning), dict(self.wait), self._return_wait))
         self._returning = []
         if not back:
             return
@@ -311,7 +305,10 @@ class LearnAndDrop(LearnAndDropState, Policy):
         self.on_trial = [t for t in self.on_trial if not set(t["names"]) & set(back)]
         for n in back:
             self._fresh_optimizer_state(n)
-            self._refuse(n, self.net.steps, at_least=4)
+            self._refuse(n, self.net.steps, at_least=self._return_wait)
+            if self._return_wait == 1:  # back on trial: faded in over the next interval
+                self.fading_in[n] = self.net.steps
+                self.net.fade(n, _FADE_IN_STEPS[0])
         self._new_baseline()
         log.info("fxdrop: step %d: %s returned", self.net.steps, back)
 
@@ -336,6 +333,19 @@ class LearnAndDrop(LearnAndDropState, Policy):
             return
         for p in self.net.parameters_of(self.net.unit(name)):
             self.optimizer.state.pop(p, None)
+
+    def _fade_in(self, step: int) -> None:
+        """A unit back on trial runs at weight 1/4, 1/2, 3/4 then 1 over the interval after its return: the
+        rest of the network, which learned without it, takes it in gradually."""
+        assert self.net is not None
+        for n, start in list(self.fading_in.items()):
+            if self.net.unit(n).dropped:
+                del self.fading_in[n]
+                continue
+            alpha = _FADE_IN_STEPS[min(3, (step - start) * 4 // self.interval)]
+            self.net.fade(n, alpha)
+            if alpha >= 1:
+                del self.fading_in[n]
 
     def _refuse(self, name: str, step: int, at_least: int = 1) -> None:
         """``name`` is not tried again for 1, 2, 4, ... boundaries (at most ``_MAX_WAIT``)."""

@@ -53,6 +53,7 @@ def _train(net, x, steps, opt=None, attach=False, start=0, shift=0):
 
 
 KW = dict(interval=5)
+UNITS = ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
 
 
 def test_default_policy_is_on_and_none_turns_it_off():
@@ -249,7 +250,7 @@ def test_checks_stay_within_their_share_of_the_compute(total):
 
 
 def test_no_drop_its_probation_cannot_judge_before_a_known_end(monkeypatch):
-    _scripted_losses(monkeypatch, lambda n: (1.0, [9.0] * n))  # every candidate refused, checks cost nothing
+    _scripted_losses(monkeypatch, lambda k: 9.0 if k else 1.0, work=0.0)  # every candidate refused, for free
     pol = fxdrop.LearnAndDrop(interval=5, total_steps=40)
     net, x = _net(pol)
     _train(net, x, 40)
@@ -257,13 +258,17 @@ def test_no_drop_its_probation_cannot_judge_before_a_known_end(monkeypatch):
     assert sorted({c["step"] for c in pol.checks if c["kind"] == "drop"}) == [5, 10, 15, 20, 25]
 
 
-def _scripted_losses(monkeypatch, script):
-    """Replace the held losses by ``script(kind, n_candidates)`` -> (now, [candidates])."""
+def _scripted_losses(monkeypatch, script, work=8.0):
+    """Replace the held loss of a graph by ``script(k)``, ``k`` the number of units it bypasses; each check
+    costs ``work`` rows."""
     from fxdrop.policies import checks, learn_and_drop
 
+    def bypassed(gm):
+        called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+        return sum(not any(t.startswith(u + ".") for t in called) for u in UNITS)
+
     def fake(model, current, graphs, probe, seed=0):
-        now, cands = script(len(graphs))
-        return checks.HeldLosses(now, cands, 8, 8.0, True, 10)
+        return checks.HeldLosses(script(bypassed(current)), [script(bypassed(g)) for g in graphs], 8, work, True, 10)
 
     monkeypatch.setattr(learn_and_drop, "held_losses", fake)
 
@@ -271,15 +276,16 @@ def _scripted_losses(monkeypatch, script):
 def test_drop_bound_is_what_training_gained(monkeypatch):
     # boundary 1: training gained ln(10) - 1.0 = 1.30 so far, a third of it is 0.43: of the sets of 5, 2
     # and 1 units, raising the loss by 0.8, 0.4 and 0.4, the largest that passes is the set of 2
-    _scripted_losses(monkeypatch, lambda n: (1.0, [1.8, 1.4, 1.4][:n]))
+    _scripted_losses(monkeypatch, lambda k: {0: 1.0, 1: 1.4, 2: 1.4, 5: 1.8}[k])
     pol = fxdrop.LearnAndDrop(**KW)
     net, x = _net(pol)
     _train(net, x, 5)
     assert pol.events == [(5, ["layer1.0", "layer1.1"])]
+    assert [len(c["units"]) for c in pol.checks] == [2, 5]  # a binary search of 1, 2, 5: the set of 1 not run
     # late: the loss fell nothing over the last 3 boundaries, so only `tolerance` of it: 1.0 -> 1.04 passes,
     # 1.06 does not
     for worse, dropped in ((1.06, False), (1.04, True)):
-        _scripted_losses(monkeypatch, lambda n, w=worse: (1.0, [w] * n))
+        _scripted_losses(monkeypatch, lambda k, w=worse: w if k else 1.0)
         pol = fxdrop.LearnAndDrop(**KW)
         net, x = _net(pol)
         pol.history = [1.0] * 3
@@ -291,7 +297,7 @@ def test_drop_bound_is_what_training_gained(monkeypatch):
 
 def test_units_return_when_the_data_changes(monkeypatch):
     state = {"now": 1.0, "with": 1.0}
-    _scripted_losses(monkeypatch, lambda n: (state["now"], [state["with"]] * n))
+    _scripted_losses(monkeypatch, lambda k: state["now"] if k == len(net.dropped) else state["with"], work=0.0)
     pol = fxdrop.LearnAndDrop(**KW)
     net, x = _net(pol)
     opt = _train(net, x, 5)  # boundary 1: everything passes (gain 1.3)

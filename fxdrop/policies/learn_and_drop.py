@@ -206,9 +206,11 @@ class LearnAndDrop(LearnAndDropState, Policy):
         cands = [] if self._over_budget(step) else self._candidates(step, scores)
         if not cands:
             return []
-        sizes = sorted({max(1, len(cands) >> i) for i in range(len(cands).bit_length())}, reverse=True)
-        graphs = [self.net.candidate_graph([u.name for u in cands[:n]], "train") for n in sizes]
-        res = self._losses(held, graphs)
+        spent = self.check_work
+        sizes = sorted({max(1, len(cands) >> i) for i in range(len(cands).bit_length())})  # 1, ..., n/2, n
+        lo, hi = 0, len(sizes) - 1
+        mid = hi // 2
+        res = self._losses(held, [self.net.candidate_graph([u.name for u in cands[:sizes[mid]]], "train")])
         self.history = (self.history + [res.now])[-_PROBATION - 1:]
         # a drop may undo what training gained over the last 3 boundaries (the time its probation gives it to
         # recover), and at most a third of what it gained since the untrained network's loss (ln C): early a
@@ -219,11 +221,20 @@ class LearnAndDrop(LearnAndDropState, Policy):
             recent = self.history[0] - res.now if len(self.history) > _PROBATION else gained
             bound = max(bound, min(gained / 3, recent))
         chosen: list[str] = []
-        for n, loss in zip(sizes, res.candidates):
+        loss = res.candidates[0]
+        while True:  # binary search of the sizes for the largest set that passes
+            names = [u.name for u in cands[:sizes[mid]]]
             ok = loss - res.now <= bound
-            self._record(step, "drop", [u.name for u in cands[:n]], res.now, loss, ok, res.labelled)
-            if ok and not chosen:
-                chosen = [u.name for u in cands[:n]]
+            self._record(step, "drop", names, res.now, loss, ok, res.labelled)
+            if ok:
+                chosen, lo = names, mid + 1
+            else:
+                hi = mid - 1
+            if lo > hi:
+                break
+            mid = (lo + hi) // 2
+            loss = self._losses(held, [], self.net.candidate_graph([u.name for u in cands[:sizes[mid]]], "train")).now
+        self._last_work = self.check_work - spent
         if not chosen:
             self._refuse(cands[0].name, step)
         elif res.labelled:
@@ -352,14 +363,12 @@ class LearnAndDrop(LearnAndDropState, Policy):
         wait = max(self.wait.get(name, (0, 1))[1], at_least)
         self.wait[name] = (step // self.interval + wait, min(2 * wait, _MAX_WAIT))
 
-    def _losses(self, held: Probe, graphs: list):
+    def _losses(self, held: Probe, graphs: list, current=None):
+        """Held losses of ``current`` (default: the graph training runs now) and of ``graphs``."""
         assert self.net is not None
-        current = self._train_graph()
+        current = self._train_graph() if current is None else current
         res = held_losses(self.net.model, current, graphs, held, self.net.steps)
-        work = res.work * self._fraction(current)
-        self.check_work += work
-        if graphs:
-            self._last_work = work
+        self.check_work += res.work * self._fraction(current)
         return res
 
     def _new_baseline(self) -> None:

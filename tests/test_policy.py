@@ -84,6 +84,23 @@ def test_at_most_ten_knobs():
     assert len(inspect.signature(fxdrop.LearnAndDrop).parameters) <= 10
 
 
+def test_the_rule_is_fifteen_lines_and_the_docs_state_it():
+    from pathlib import Path
+
+    from fxdrop.policies import learn_and_drop
+
+    def rule(text):
+        lines = text[text.index("every k optimizer steps"):].splitlines()
+        lines = lines[:next(i for i, line in enumerate(lines) if "BatchNorm statistics re-estimated" in line) + 1]
+        return [line.strip() for line in lines]
+
+    method = Path(learn_and_drop.__file__).parents[2] / "docs" / "method.md"
+    if not method.exists():
+        pytest.skip("docs/method.md is not beside the package (an installed copy)")
+    assert len(rule(learn_and_drop.__doc__)) <= 15
+    assert rule(learn_and_drop.__doc__) == rule(method.read_text())
+
+
 def test_never_must_name_units():
     with pytest.raises(ValueError, match="never= names unknown units"):
         _net(fxdrop.LearnAndDrop(never=["nope"]))

@@ -3,18 +3,18 @@ again later, and put units back when the data changes. docs/method.md has the de
 
     every k optimizer steps (a boundary; k from the run's length, else 16):
         score each live unit: its layer change per learning rate over the interval (the paper's scores)
+        if the training loss jumped (interval mean > 1.5 x the last one's, and by > 0.1) or new_data(): every
+            dropped unit returns on trial (weights as when dropped, faded in over an interval); stop
         judge the cohorts dropped 3 boundaries ago: on the rows held at their drop, the held loss must be
-            back within the bound that drop passed; else they return (weights as when dropped)
-        if the training loss jumped (interval mean > 1.5 x the last one's, and by > 0.1) or new_data():
-            each dropped cohort returns if putting it back lowers the held loss by > `tolerance`; stop
+            back within the bound that drop passed; else they return (weights as when dropped); stop
         if checks so far plus the next one exceed 5% of the training compute (of the whole run, when its
             length is known; else of twice the steps so far), or the run ends before a drop's probation: stop
         candidates: live units, stalled (plateau ratio <= `plateau`) first, then in graph order,
             cut where the forward FLOPs would pass 1 / `target_speedup`; units refused lately wait
         L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
         bound = max(tolerance * L, min(training's gain since ln C / 3, its gain over the last 3 boundaries))
-        try the first n, n/2, ..., 1 candidates at once; drop the largest set with held loss <= L + bound;
-            none passed: the first candidate waits 1, 2, 4, ... boundaries
+        binary-search the sets of the first n, n/2, ..., 1 candidates for the largest with held loss <= L + bound
+            and drop it; none passed: the first candidate waits 1, 2, 4, ... boundaries
         after a drop or a return: BatchNorm statistics re-estimated on the held batches
 
 Every quantity is counted (steps, rows, FLOPs, losses): no clock, so the same seed and data make the

@@ -60,7 +60,10 @@ def test_callback_drops_logs_and_checkpoints(tmp_path, full):
     trainer2 = pl.Trainer(max_epochs=5, callbacks=[cb2], logger=False, enable_progress_bar=False,
                           enable_model_summary=False, default_root_dir=tmp_path)
     trainer2.fit(lit2, _loader(), ckpt_path=ckpt)
-    assert set(cb.net.dropped) <= set(cb2.net.dropped)
+    # the drops came back from the checkpoint: each is still dropped, or was put back after the resume (a jump
+    # of this random-label loss reads as a data change)
+    back = {n for step, names in cb2.net.policy.restored if step > cb.net.steps for n in names}
+    assert set(cb.net.dropped) <= set(cb2.net.dropped) | back
     assert cb2.net.steps == cb.net.steps + 8  # the step count came back from the checkpoint: one more epoch
     assert cb2.net.policy.total_steps == 40  # the resumed run is told its new length
 

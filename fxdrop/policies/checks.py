@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 from ..probe import Probe, leading_rows, preserved_state
 from ..reuse import SharedPrefix
 
-__all__ = ["HeldLosses", "held_losses", "labels_from_grad", "loss_from_grad", "rise"]
+__all__ = ["HeldLosses", "held_losses", "labels_from_grad", "read_grad", "rise"]
 
 
 @dataclass
@@ -57,20 +57,14 @@ def labels_from_grad(logits: torch.Tensor, grad: torch.Tensor) -> torch.Tensor |
     to the ``N x C`` logits: the targets are ``softmax(logits) - s * grad`` with ``s = N`` (mean reduction)
     or ``1`` (sum); a row's label is its target's arg-max. ``None`` when neither scale gives rows that
     are probability distributions (another loss, a scaled or accumulated loss, AMP's loss scaling)."""
-    read = _read_grad(logits, grad)
+    read = read_grad(logits, grad)
     return read[0] if read is not None and bool(read[2]) else None
 
 
-def loss_from_grad(logits: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The batch's cross-entropy against the labels :func:`labels_from_grad` reads, and whether it could
-    read them, as two 0-dim tensors on the logits' device: no host sync (``None`` for a non-``N x C``
-    output)."""
-    read = _read_grad(logits, grad)
-    return None if read is None else (read[1], read[2])
-
-
-def _read_grad(logits: torch.Tensor, grad: torch.Tensor):
-    """(labels, mean cross-entropy against them, readable) from the gradient at the logits, all tensors."""
+def read_grad(logits: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """What :func:`labels_from_grad` reads, as tensors on the logits' device with no host sync: the
+    labels, the batch's mean cross-entropy against them, and whether they could be read (0-dim bool);
+    ``None`` for a non-``N x C`` output."""
     if logits.dim() != 2 or grad.shape != logits.shape or logits.shape[1] < 2:
         return None
     logp = torch.log_softmax(logits.detach().float(), 1)

@@ -35,7 +35,7 @@ from ..probe import Probe, leading_rows, recalibrate_batchnorm
 from ..scores import ScoreTracker
 from ..shapes import node_flops
 from .base import Policy
-from .checks import held_losses, labels_from_grad, loss_from_grad, rise
+from .checks import held_losses, read_grad, rise
 from .run_length import run_length
 from .saved_state import LearnAndDropState
 
@@ -152,15 +152,14 @@ class LearnAndDrop(LearnAndDropState, Policy):
         logits = output.detach()
 
         def read(grad: torch.Tensor) -> None:
-            read = loss_from_grad(logits, grad)  # tensors: no host sync on the training step
-            if read is not None:
-                loss, ok = read
-                self._loss_sum = self._loss_sum + torch.where(ok, loss, 0.0)
-                self._loss_n = self._loss_n + ok.int()
-            if not step % self.probe.stride:  # a held step (one in k/2): the labels go with the batch
-                labels = labels_from_grad(logits, grad)
-                if labels is not None:
-                    self.probe.offer_targets(step, labels)
+            read = read_grad(logits, grad)  # tensors: no host sync on the training step
+            if read is None:
+                return
+            labels, loss, ok = read
+            self._loss_sum = self._loss_sum + torch.where(ok, loss, 0.0)
+            self._loss_n = self._loss_n + ok.int()
+            if not step % self.probe.stride and bool(ok):  # a held step (one in k/2): its labels are held
+                self.probe.offer_targets(step, labels)
 
         output.register_hook(read)
 

@@ -23,26 +23,23 @@ same drops on an idle or a loaded machine.
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from typing import TYPE_CHECKING, Any, Iterable
 
 import torch
 
-from ..distributed import agree
 from ..probe import Probe, leading_rows, recalibrate_batchnorm
 from ..scores import ScoreTracker
 from ..shapes import node_flops
 from .base import Policy
 from .checks import held_losses, read_grad, rise
 from .run_length import run_length
+from .returns import Returns
 from .saved_state import LearnAndDropState
 
 if TYPE_CHECKING:
     from ..module import DropNet
-
-log = logging.getLogger(__name__)
 
 __all__ = ["LearnAndDrop"]
 
@@ -52,10 +49,9 @@ _CHECK_SHARE = 0.05  # checks may run this share of the training compute (forwar
 _JUMP_RATIO, _JUMP_MIN = 1.5, 0.1  # the held loss jumped: the data changed
 _PROBATION = 3  # boundaries after which a drop is judged: has the held loss recovered?
 _MAX_WAIT = 16  # boundaries a refused unit waits at most
-_FADE_IN_STEPS = (0.25, 0.5, 0.75, 1.0)  # the weight of a unit back on trial over the quarters of an interval
 
 
-class LearnAndDrop(LearnAndDropState, Policy):
+class LearnAndDrop(LearnAndDropState, Returns, Policy):
     """Learn&Drop's default policy: the rule of the module docstring (docs/method.md).
 
     >>> net = fxdrop.wrap(model, example_inputs=(x,), policy=fxdrop.LearnAndDrop(target_speedup=2.0))
@@ -165,10 +161,6 @@ class LearnAndDrop(LearnAndDropState, Policy):
 
     def observe_targets(self, step: int, targets: Any) -> None:
         self.probe.offer_targets(step, targets)
-
-    def new_data(self) -> None:
-        """The data changed: at the next boundary every dropped cohort is checked for a return."""
-        self._changed = True
 
     # ----------------------------------------------------------------- the decision
     def may_decide(self, step: int) -> bool:
@@ -302,26 +294,6 @@ class LearnAndDrop(LearnAndDropState, Policy):
     def _stalled(self, s: dict[str, float] | None) -> bool:
         return s is not None and math.isfinite(s.get("plateau", math.nan)) and s["plateau"] <= self.plateau
 
-    def _agree(self) -> None:
-        assert self.net is not None
-        back, self.wait, self._return_wait = agree((list(self._returning), dict(self.wait), self._return_wait))
-        self._returning = []
-        if not back:
-            return
-        self.net.restore(*back)
-        self.restored.append((self.net.steps, list(back)))
-        self.cohorts = [(s, [n for n in names if n not in back]) for s, names in self.cohorts]
-        self.cohorts = [(s, names) for s, names in self.cohorts if names]
-        self.on_trial = [t for t in self.on_trial if not set(t["names"]) & set(back)]
-        for n in back:
-            self._fresh_optimizer_state(n)
-            self._refuse(n, self.net.steps, at_least=self._return_wait)
-            if self._return_wait == 1:  # back on trial: faded in over the next interval
-                self.fading_in[n] = self.net.steps
-                self.net.fade(n, _FADE_IN_STEPS[0])
-        self._new_baseline()
-        log.info("fxdrop: step %d: %s returned", self.net.steps, back)
-
     def committed(self, names: list[str]) -> None:
         """Told after the wrapper dropped ``names``: a cohort, and BatchNorm statistics that follow it."""
         if not names or self.net is None or self.tracker is None:
@@ -336,27 +308,6 @@ class LearnAndDrop(LearnAndDropState, Policy):
         self._new_baseline()
 
     # ----------------------------------------------------------------- helpers
-    def _fresh_optimizer_state(self, name: str) -> None:
-        """A returning unit starts its optimizer state afresh (momentum and Adam moments from before its
-        drop describe another network), as a newly added layer would."""
-        if self.optimizer is None or self.net is None:
-            return
-        for p in self.net.parameters_of(self.net.unit(name)):
-            self.optimizer.state.pop(p, None)
-
-    def _fade_in(self, step: int) -> None:
-        """A unit back on trial runs at weight 1/4, 1/2, 3/4 then 1 over the interval after its return: the
-        rest of the network, which learned without it, takes it in gradually."""
-        assert self.net is not None
-        for n, start in list(self.fading_in.items()):
-            if self.net.unit(n).dropped:
-                del self.fading_in[n]
-                continue
-            alpha = _FADE_IN_STEPS[min(3, (step - start) * 4 // self.interval)]
-            self.net.fade(n, alpha)
-            if alpha >= 1:
-                del self.fading_in[n]
-
     def _refuse(self, name: str, step: int, at_least: int = 1) -> None:
         """``name`` is not tried again for 1, 2, 4, ... boundaries (at most ``_MAX_WAIT``)."""
         wait = max(self.wait.get(name, (0, 1))[1], at_least)

@@ -1,0 +1,66 @@
+"""Units coming back: what a :class:`~fxdrop.policies.LearnAndDrop` does once a boundary decided to put
+units back (after a data change, or a drop that failed its probation), applied alike on every rank."""
+
+from __future__ import annotations
+
+import logging
+
+from ..distributed import agree
+
+__all__ = ["Returns"]
+
+log = logging.getLogger("fxdrop.policies.learn_and_drop")
+
+_FADE_IN_STEPS = (0.25, 0.5, 0.75, 1.0)  # the weight of a unit back on trial over the quarters of an interval
+
+
+class Returns:
+    """Mixin of LearnAndDrop (its attributes are LearnAndDrop's): ``new_data``, putting the units of
+    ``_returning`` back (rank 0's decision), their optimizer state, and the fade-in of a unit on trial."""
+
+    def new_data(self) -> None:
+        """The data changed: at the next boundary every dropped unit comes back on trial."""
+        self._changed = True
+
+    def _agree(self) -> None:
+        """Rank 0's returns and waits on every rank; the units returning are restored with the weights they
+        had, a fresh optimizer state, a wait before they may go again, and (back on trial) a fade-in."""
+        assert self.net is not None
+        back, self.wait, self._return_wait = agree((list(self._returning), dict(self.wait), self._return_wait))
+        self._returning = []
+        if not back:
+            return
+        self.net.restore(*back)
+        self.restored.append((self.net.steps, list(back)))
+        self.cohorts = [(s, [n for n in names if n not in back]) for s, names in self.cohorts]
+        self.cohorts = [(s, names) for s, names in self.cohorts if names]
+        self.on_trial = [t for t in self.on_trial if not set(t["names"]) & set(back)]
+        for n in back:
+            self._fresh_optimizer_state(n)
+            self._refuse(n, self.net.steps, at_least=self._return_wait)
+            if self._return_wait == 1:  # back on trial: faded in over the next interval
+                self.fading_in[n] = self.net.steps
+                self.net.fade(n, _FADE_IN_STEPS[0])
+        self._new_baseline()
+        log.info("fxdrop: step %d: %s returned", self.net.steps, back)
+
+    def _fresh_optimizer_state(self, name: str) -> None:
+        """A returning unit starts its optimizer state afresh (momentum and Adam moments from before its
+        drop describe another network), as a newly added layer would."""
+        if self.optimizer is None or self.net is None:
+            return
+        for p in self.net.parameters_of(self.net.unit(name)):
+            self.optimizer.state.pop(p, None)
+
+    def _fade_in(self, step: int) -> None:
+        """A unit back on trial runs at weight 1/4, 1/2, 3/4 then 1 over the interval after its return: the
+        rest of the network, which learned without it, takes it in gradually."""
+        assert self.net is not None
+        for n, start in list(self.fading_in.items()):
+            if self.net.unit(n).dropped:
+                del self.fading_in[n]
+                continue
+            alpha = _FADE_IN_STEPS[min(3, (step - start) * 4 // self.interval)]
+            self.net.fade(n, alpha)
+            if alpha >= 1:
+                del self.fading_in[n]

@@ -266,6 +266,30 @@ def test_checks_stay_within_their_share_of_the_compute(total):
         assert len(drops) > 1
 
 
+def test_checks_that_find_nothing_cost_at_most_2_percent(monkeypatch):
+    # every candidate refused; a check costs 8 rows per set; 200 steps of 8 rows train 4,800 rows: the checks
+    # stop within one boundary's check (at most 16 rows) of 2% (96 rows), where 5% (240 rows) alone would allow
+    # more than twice as many
+    from fxdrop.policies import learn_and_drop
+
+    _scripted_losses(monkeypatch, lambda k: 9.0 if k else 1.0, work=8.0)
+    spent = {}
+    for unpaid in (learn_and_drop._UNPAID_SHARE, 1.0):
+        monkeypatch.setattr(learn_and_drop, "_UNPAID_SHARE", unpaid)
+        pol = fxdrop.LearnAndDrop(interval=5, total_steps=200)
+        net, x = _net(pol)
+        _train(net, x, 200)
+        assert net.dropped == [] and pol.train_work == pol.full_work == 4800
+        spent[unpaid] = pol.check_work
+    assert 96 - 16 < spent[0.02] <= 96 + 16 and 240 - 16 < spent[1.0] <= 240 + 16
+    # what the drops save pays for more checks, up to the 5%: with half the network's compute saved from
+    # here on, the next check may run
+    monkeypatch.setattr(learn_and_drop, "_UNPAID_SHARE", 0.02)
+    assert pol._over_budget(100)
+    monkeypatch.setattr(pol, "_fraction", lambda gm=None: 0.5)
+    assert not pol._over_budget(100)
+
+
 def test_no_drop_its_probation_cannot_judge_before_a_known_end(monkeypatch):
     _scripted_losses(monkeypatch, lambda k: 9.0 if k else 1.0, work=0.0)  # every candidate refused, for free
     pol = fxdrop.LearnAndDrop(interval=5, total_steps=40)

@@ -7,8 +7,8 @@ again later, and put units back when the data changes. docs/method.md has the de
             dropped unit returns on trial (weights as when dropped, faded in over an interval); stop
         judge the cohorts dropped 3 boundaries ago: on the rows held at their drop, the held loss must be
             back within the bound that drop passed; else they return (weights as when dropped); stop
-        if checks so far plus the next one exceed 5% of the training compute (of the whole run, when its
-            length is known; else of twice the steps so far), or the run ends before a drop's probation: stop
+        if checks so far plus the next exceed 5% of training's compute, or 2% plus what drops save (of the
+            whole run if its length is known, else of twice the steps so far), or the run ends before a probation: stop
         candidates: live units, stalled (plateau ratio <= `plateau`) first, then in graph order,
             cut where the forward FLOPs would pass 1 / `target_speedup`; units refused lately wait
         L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
@@ -46,6 +46,7 @@ __all__ = ["LearnAndDrop"]
 _UNKNOWN_LENGTH_INTERVAL = 16  # steps between boundaries when the run's length is not known
 _HELD_BATCHES, _HELD_ROWS = 2, 64  # batches held for checks, rows of each
 _CHECK_SHARE = 0.05  # checks may run this share of the training compute (forward + backward)
+_UNPAID_SHARE = 0.02  # ... and at most this share more than the drops save: checks that find nothing cost little
 _JUMP_RATIO, _JUMP_MIN = 1.5, 0.1  # the held loss jumped: the data changed
 _PROBATION = 3  # boundaries after which a drop is judged: has the held loss recovered?
 _MAX_WAIT = 16  # boundaries a refused unit waits at most
@@ -83,6 +84,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self.wait: dict[str, tuple[int, int]] = {}  # unit -> (boundary it may be tried again at, next wait)
         self.checks: list[dict] = []  # every check: step, kind, units, loss now, loss with, accepted
         self.train_work = self.check_work = 0.0  # rows through the full forward graph (a training row: 3)
+        self.full_work = 0.0  # what training would have cost with no unit dropped
         self.history: list[float] = []  # held loss at the last _PROBATION boundaries that checked
         self.train_loss: float | None = None  # mean training loss over the last interval (read off gradients)
         self._loss_sum, self._loss_n = 0.0, 0
@@ -134,6 +136,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
     def observe_inputs(self, step: int, args: tuple, kwargs: dict) -> None:
         self._rows = leading_rows(args, kwargs)
         self.train_work += 3 * self._rows * self._fraction()
+        self.full_work += 3 * self._rows
         self.probe.offer(step, args, kwargs)
         if self.check_data is not None and self.held_out is None:
             first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
@@ -245,15 +248,17 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
                            and now - before > _JUMP_MIN)
 
     def _over_budget(self, step: int) -> bool:
-        """No drop now: the checks so far plus the next would pass ``_CHECK_SHARE`` of the training compute
-        (the whole run's when its length is known, at the current graph's cost per step; else of a run
-        assumed to last twice its steps so far), or the run ends before a drop made now would be judged."""
-        work = 2 * self.train_work
+        """No drop now: the checks so far plus the next would pass ``_CHECK_SHARE`` of the training compute,
+        or ``_UNPAID_SHARE`` of it plus the compute the drops save (the whole run's, when its length is known,
+        at the current graph's cost per step; else of a run assumed to last twice its steps so far), or the
+        run ends before a drop made now would be judged."""
+        work, full = 2 * self.train_work, 2 * self.full_work
         if self.total_steps is not None:
             if step + _PROBATION * self.interval > self.total_steps:
                 return True
-            work = self.train_work + 3 * self._rows * self._fraction() * (self.total_steps - step)
-        return self.check_work + self._last_work > _CHECK_SHARE * work
+            left = 3 * self._rows * (self.total_steps - step)
+            work, full = self.train_work + left * self._fraction(), self.full_work + left
+        return self.check_work + self._last_work > min(_CHECK_SHARE * work, _UNPAID_SHARE * work + full - work)
 
     def _judge(self, due: list[dict], step: int) -> list[str]:
         """Cohorts whose probation ended: on the rows held when they were dropped, the network now must be

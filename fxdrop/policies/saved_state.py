@@ -17,7 +17,7 @@ class LearnAndDropState:
         sd.update(tracker=self.tracker.state_dict() if self.tracker is not None else None,
                   lr=(self._lr_sum, self._lr_n), wait={k: list(v) for k, v in self.wait.items()},
                   probe=self.probe.state_dict(), held_out=self.held_out.state_dict() if self.held_out else None,
-                  checks=[dict(c) for c in self.checks], work=(self.train_work, self.check_work, self._last_work),
+                  checks=[dict(c) for c in self.checks], work=(self.train_work, self.check_work, self._last_work, self.full_work),
                   cohorts=[[s, list(n)] for s, n in self.cohorts], history=list(self.history), rows=self._rows,
                   train_loss=(self.train_loss, float(self._loss_sum), int(self._loss_n)),
                   changed=self._changed, fading_in=dict(self.fading_in), on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
@@ -40,7 +40,9 @@ class LearnAndDropState:
             self.held_out = Probe(self.probe.batches, 2 * self.probe.samples)
             self.held_out.load_state_dict(sd["held_out"])
         self.checks = [dict(c) for c in sd.get("checks", [])]
-        self.train_work, self.check_work, self._last_work = (float(v) for v in sd.get("work", (0.0, 0.0, 0.0)))
+        work = [float(v) for v in sd.get("work", (0.0, 0.0, 0.0))]
+        self.train_work, self.check_work, self._last_work = work[:3]
+        self.full_work = work[3] if len(work) > 3 else self.train_work
         self.cohorts = [(int(s), list(n)) for s, n in sd.get("cohorts", [])]
         self.train_loss, self._loss_sum, self._loss_n = sd.get("train_loss", (None, 0.0, 0))
         self.history = [float(v) for v in sd.get("history", [])]

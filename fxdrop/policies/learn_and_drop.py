@@ -7,8 +7,8 @@ again later, and put units back when the data changes. docs/method.md has the de
             dropped unit returns on trial (weights as when dropped, faded in over an interval); stop
         judge the cohorts dropped 3 boundaries ago: on the rows held at their drop, the held loss must be
             back within the bound that drop passed; else they return (weights as when dropped); stop
-        if checks so far plus the next exceed 5% of training's compute, or 2% plus what drops save (of the
-            whole run if its length is known, else of twice the steps so far), or the run ends before a probation: stop
+        if checks so far plus the next exceed 5% of training's compute (of twice the steps so far; of the whole
+            run if its length is known, and then also 2% plus what drops save), or the run ends before a probation: stop
         candidates: live units, stalled (plateau ratio <= `plateau`) first, then in graph order,
             cut where the forward FLOPs would pass 1 / `target_speedup`; units refused lately wait
         L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
@@ -93,7 +93,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self._changed = False  # new_data() was called
         self._last_work = 0.0  # compute of the last check with candidates: what the next may cost
         self._returning: list[str] = []  # units this boundary puts back (applied once agreed across ranks)
-        self._return_wait = 4  # boundaries they wait before they may go again: 1 after a data change
+        self._back_on_trial = False  # they come back on trial (a data change), not because their drop failed
         self.fading_in: dict[str, int] = {}  # unit back after a data change -> the step it came back at
         self.on_trial: list[dict] = []  # cohorts on probation: names, end step, rows held, loss there, bound
         self._trial: dict | None = None  # the probation of the cohort being dropped now
@@ -189,12 +189,12 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             # every dropped unit comes back on trial, with its weights as when dropped: checking it at once
             # would refuse it (stale, it raises the loss); from the next boundary it may go again, checked
             # like any drop, once the network has trained with it
-            self._returning, self._return_wait = [n for _, names in self.cohorts for n in names], 1
+            self._returning, self._back_on_trial = [n for _, names in self.cohorts for n in names], True
             return []
         held = self.held_out if self.held_out is not None else self.probe
         if not len(held):
             return []
-        self._returning, self._return_wait = self._judge([t for t in self.on_trial if t["end"] <= step], step), 4
+        self._returning, self._back_on_trial = self._judge([t for t in self.on_trial if t["end"] <= step], step), False
         if self._returning:
             return []  # units are chosen from the next boundary on
         cands = [] if self._over_budget(step) else self._candidates(step, scores)
@@ -248,17 +248,18 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
                            and now - before > _JUMP_MIN)
 
     def _over_budget(self, step: int) -> bool:
-        """No drop now: the checks so far plus the next would pass ``_CHECK_SHARE`` of the training compute,
-        or ``_UNPAID_SHARE`` of it plus the compute the drops save (the whole run's, when its length is known,
-        at the current graph's cost per step; else of a run assumed to last twice its steps so far), or the
-        run ends before a drop made now would be judged."""
-        work, full = 2 * self.train_work, 2 * self.full_work
-        if self.total_steps is not None:
-            if step + _PROBATION * self.interval > self.total_steps:
-                return True
-            left = 3 * self._rows * (self.total_steps - step)
-            work, full = self.train_work + left * self._fraction(), self.full_work + left
-        return self.check_work + self._last_work > min(_CHECK_SHARE * work, _UNPAID_SHARE * work + full - work)
+        """No drop now: the checks so far plus the next would pass ``_CHECK_SHARE`` of the training compute
+        (of a run assumed to last twice its steps so far, when its length is not known); or, its length
+        known, of the whole run at the current graph's cost per step, or ``_UNPAID_SHARE`` of that plus
+        the compute the drops save; or the run ends before a drop made now would be judged."""
+        spent = self.check_work + self._last_work
+        if self.total_steps is None:
+            return spent > _CHECK_SHARE * 2 * self.train_work
+        if step + _PROBATION * self.interval > self.total_steps:
+            return True
+        left = 3 * self._rows * (self.total_steps - step)
+        work, full = self.train_work + left * self._fraction(), self.full_work + left
+        return spent > min(_CHECK_SHARE * work, _UNPAID_SHARE * work + full - work)
 
     def _judge(self, due: list[dict], step: int) -> list[str]:
         """Cohorts whose probation ended: on the rows held when they were dropped, the network now must be

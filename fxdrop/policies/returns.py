@@ -12,6 +12,7 @@ __all__ = ["Returns"]
 log = logging.getLogger("fxdrop.policies.learn_and_drop")
 
 _FADE_IN_STEPS = (0.25, 0.5, 0.75, 1.0)  # the weight of a unit back on trial over the quarters of an interval
+_FAILED_WAIT = 4  # boundaries a unit whose drop failed its probation waits before it may go again
 
 
 class Returns:
@@ -26,7 +27,7 @@ class Returns:
         """Rank 0's returns and waits on every rank; the units returning are restored with the weights they
         had, a fresh optimizer state, a wait before they may go again, and (back on trial) a fade-in."""
         assert self.net is not None
-        back, self.wait, self._return_wait = agree((list(self._returning), dict(self.wait), self._return_wait))
+        back, self.wait, self._back_on_trial = agree((list(self._returning), dict(self.wait), self._back_on_trial))
         self._returning = []
         if not back:
             return
@@ -37,8 +38,10 @@ class Returns:
         self.on_trial = [t for t in self.on_trial if not set(t["names"]) & set(back)]
         for n in back:
             self._fresh_optimizer_state(n)
-            self._refuse(n, self.net.steps, at_least=self._return_wait)
-            if self._return_wait == 1:  # back on trial: faded in over the next interval
+            # on trial: it may go again from the next boundary, faded in meanwhile; after a failed probation
+            # it waits as long as a probation lasts, and more
+            self._refuse(n, self.net.steps, at_least=1 if self._back_on_trial else _FAILED_WAIT)
+            if self._back_on_trial:
                 self.fading_in[n] = self.net.steps
                 self.net.fade(n, _FADE_IN_STEPS[0])
         self._new_baseline()

@@ -336,6 +336,21 @@ def test_drop_bound_is_what_training_gained(monkeypatch):
             assert pol.wait["layer1.0"] == (2, 2)  # tried again at boundary 2, then after 2 more
 
 
+def test_after_a_data_change_the_bound_counts_from_the_new_data(monkeypatch):
+    # a rise of 0.2 passes a third of what training gained since ln 10 (0.43); after a data change the
+    # gains count from the first check on the new data (none yet), so only `tolerance` (0.05) of the loss
+    _scripted_losses(monkeypatch, lambda k: 1.2 if k else 1.0, work=0.0)
+    for change in (False, True):
+        pol = fxdrop.LearnAndDrop(**KW)
+        net, x = _net(pol)
+        if change:
+            pol.new_data()
+        _train(net, x, 5)
+        assert bool(net.dropped) != change
+        if change:
+            assert pol.checks[0]["kind"] == "data change" and pol.changed_at == 5 and pol.origin == 1.0
+
+
 def test_units_return_when_the_data_changes(monkeypatch):
     state = {"now": 1.0, "with": 1.0}
     _scripted_losses(monkeypatch, lambda k: state["now"] if k == len(net.dropped) else state["with"], work=0.0)

@@ -12,7 +12,7 @@ again later, and put units back when the data changes. docs/method.md has the de
         candidates: live units, stalled (plateau ratio <= `plateau`) first, then in graph order,
             cut where the forward FLOPs would pass 1 / `target_speedup`; units refused lately wait
         L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
-        bound = max(tolerance * L, min(gain since ln C (or a data change's first check) / 3, gain over 3 boundaries))
+        bound = max(tolerance * L, min(gain since ln C / 3, gain over 3 boundaries)); after a data change tolerance * L
         binary-search the sets of the first n, n/2, ..., 1 candidates for the largest with held loss <= L + bound
             and drop it; none passed: the first candidate waits 1, 2, 4, ... boundaries
         after a drop or a return: BatchNorm statistics re-estimated on the held batches
@@ -87,7 +87,6 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self.full_work = 0.0  # what training would have cost with no unit dropped
         self.history: list[float] = []  # held loss at the last _PROBATION boundaries that checked
         self.changed_at: int | None = None  # the step the data last changed at (a jump, or new_data())
-        self.origin = 0.0  # after a change: the held loss at its first check, the bound's gains count from it
         self.train_loss: float | None = None  # mean training loss over the last interval (read off gradients)
         self._loss_sum, self._loss_n = 0.0, 0
         self._rows = 0  # rows of the last training batch
@@ -189,11 +188,11 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
                 u.scores.append({"step": step, **scores[u.name]})
         before = self.train_loss
         if self._jumped():
-            # the data changed: the bound's gains count afresh, from the first check on the new data
+            # the data changed: from here on a drop may raise the held loss by `tolerance` only
             nan = math.nan
             self._record(step, "data change", [], nan if before is None else before,
                          nan if self.train_loss is None else self.train_loss, True, True)
-            self.changed_at, self.history = step, []
+            self.changed_at = step
             if self.cohorts and self.returns:
                 # every dropped unit comes back on trial, with its weights as when dropped: checking it at
                 # once would refuse it (stale, it raises the loss); from the next boundary it may go again,
@@ -214,15 +213,14 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         lo, hi = 0, len(sizes) - 1
         mid = hi // 2
         res = self._losses(held, [self.net.candidate_graph([u.name for u in cands[:sizes[mid]]], "train")])
-        if self.changed_at is not None and not self.history:
-            self.origin = res.now  # the first check on the new data
         self.history = (self.history + [res.now])[-_PROBATION - 1:]
         # a drop may undo what training gained over the last 3 boundaries (the time its probation gives it to
-        # recover), and at most a third of what it gained since the untrained network's loss (ln C), or since
-        # the first check after the data last changed: early a lot, late little; always `tolerance` of the loss
+        # recover), and at most a third of what it gained since the untrained network's loss (ln C): early a
+        # lot, late little; and always `tolerance` of the loss. After a data change only `tolerance`: the
+        # units came back because the data changed, and a run of unknown length may end before a probation
         bound = self.tolerance * res.now
-        if res.labelled:
-            gained = (math.log(res.classes) if self.changed_at is None else self.origin) - res.now
+        if res.labelled and self.changed_at is None:
+            gained = math.log(res.classes) - res.now
             recent = self.history[0] - res.now if len(self.history) > _PROBATION else gained
             bound = max(bound, min(gained / 3, recent))
         chosen: list[str] = []

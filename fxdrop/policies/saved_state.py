@@ -19,7 +19,7 @@ class LearnAndDropState:
                   probe=self.probe.state_dict(), held_out=self.held_out.state_dict() if self.held_out else None,
                   checks=[dict(c) for c in self.checks], work=(self.train_work, self.check_work, self._last_work, self.full_work),
                   cohorts=[[s, list(n)] for s, n in self.cohorts], history=list(self.history), rows=self._rows,
-                  changed_at=(self.changed_at, self.origin),
+                  changed_at=self.changed_at,
                   train_loss=(self.train_loss, float(self._loss_sum), int(self._loss_n)),
                   changed=self._changed, fading_in=dict(self.fading_in), on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
                   schedule={"interval": self.interval, "total_steps": self.total_steps})
@@ -47,7 +47,7 @@ class LearnAndDropState:
         self.cohorts = [(int(s), list(n)) for s, n in sd.get("cohorts", [])]
         self.train_loss, self._loss_sum, self._loss_n = sd.get("train_loss", (None, 0.0, 0))
         self.history = [float(v) for v in sd.get("history", [])]
-        self.changed_at, self.origin = sd.get("changed_at", (None, 0.0))
+        self.changed_at = sd.get("changed_at")
         self._rows = int(sd.get("rows", 0))
         self._changed = bool(sd.get("changed", False))
         self.fading_in = {k: int(v) for k, v in sd.get("fading_in", {}).items()}

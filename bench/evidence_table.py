@@ -54,8 +54,8 @@ def sequences(runs: list[dict]) -> str:
         out.append("| arm | CPU speed-up | " + ("phase-1 wall speed-up | Δ phase-1 acc at switch pt | " if two else "")
                    + "Δ end acc pt | end acc % | drops (step: units) | returns (step: units) |")
         out.append("|---|---|" + ("---|---|" if two else "") + "---|---|---|---|")
-        short = [r["seed"] for r in rs if two and r["arms"]["matched"]["steps"] <= r["switch_step"]]
-        for arm in rs[0]["arms"]:
+        short = [r["seed"] for r in rs if two and "matched" in r["arms"] and r["arms"]["matched"]["steps"] <= r["switch_step"]]
+        for arm in (a for a in rs[0]["arms"] if all(a in r["arms"] for r in rs)):  # arms every seed ran
             # a time-matched run that ended before the switch never saw the second data: no end accuracy
             ok = [r for r in rs if arm != "matched" or r["seed"] not in short]
 
@@ -80,9 +80,12 @@ def main() -> None:
     if "--sequences" in sys.argv:
         print(sequences(runs))
         return
+    # fitted or held out as bench/matrix.json says now (a run's JSON keeps what its version said)
+    spec = json.loads((Path(__file__).with_name("matrix.json")).read_text())
+    held_out = {(r["model"], r["dataset"]): r["held_out"] for r in spec["rows"]}
     for held in (False, True):
         print(f"\n{'Held-out rows (run once, after the default was fixed)' if held else 'Fitted rows'}\n")
-        print(table([r for r in runs if r["row"]["held_out"] == held]))
+        print(table([r for r in runs if held_out.get((r["row"]["model"], r["row"]["dataset"])) == held]))
 
 
 if __name__ == "__main__":

@@ -186,13 +186,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         for u in live:
             if u.name in scores:
                 u.scores.append({"step": step, **scores[u.name]})
-        before = self.train_loss
-        if self._jumped():
-            # the data changed: from here on a drop may raise the held loss by `tolerance` only
-            nan = math.nan
-            self._record(step, "data change", [], nan if before is None else before,
-                         nan if self.train_loss is None else self.train_loss, True, True)
-            self.changed_at = step
+        if self._jumped(step):  # from here on a drop may raise the held loss by `tolerance` only
             if self.cohorts and self.returns:
                 # every dropped unit comes back on trial, with its weights as when dropped: checking it at
                 # once would refuse it (stale, it raises the loss); from the next boundary it may go again,
@@ -245,16 +239,22 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
                            "bound": bound, "held": held.head(len(held))}
         return chosen
 
-    def _jumped(self) -> bool:
+    def _jumped(self, step: int) -> bool:
         """Did the data change? new_data() was called, or the training loss's mean over this interval is
-        more than 1.5 x the last one's, and by more than 0.1 (no training loss read: only new_data())."""
+        more than 1.5 x the last one's, and by more than 0.1 (no training loss read: only new_data()).
+        A change is recorded (``changed_at``, and a "data change" check with the losses before and now)."""
         n = int(self._loss_n)
         now = float(self._loss_sum) / n if n else None
         before, self.train_loss = self.train_loss, now
         self._loss_sum, self._loss_n = 0.0, 0
         changed, self._changed = self._changed, False
-        return changed or (before is not None and now is not None and now > _JUMP_RATIO * before
-                           and now - before > _JUMP_MIN)
+        changed = changed or (before is not None and now is not None and now > _JUMP_RATIO * before
+                              and now - before > _JUMP_MIN)
+        if changed:
+            self.changed_at = step
+            self._record(step, "data change", [], math.nan if before is None else before,
+                         math.nan if now is None else now, True, True)
+        return changed
 
     def _over_budget(self, step: int) -> bool:
         """No drop now: the checks so far plus the next would pass ``_CHECK_SHARE`` of the training compute

@@ -8,6 +8,11 @@ Learn&Drop's time, on three scenarios of the bundled data.
 - ``finetune``: a ResNet-18 trained on MNIST-small (the full network, 2 epochs, cached under
   ``~/.cache/fxdrop``), fine-tuned on Fashion-small.
 
+Held out (``HELD_OUT``, fixed before the per-unit return rule was tried; run once, at the end):
+
+- ``invert``: ResNet-18 on Fashion-small, then on the same images with their contrast inverted;
+- ``digits``: ResNet-32 on three MNIST-small classes, then on all ten.
+
 The loop is the online one: ``net.step(opt, targets=y)`` after ``opt.step()``, AdamW at a constant lr,
 the run's length unknown to the policy. One process, 1 torch thread; an untimed warm-up of every arm,
 then the arms from the same init and data order **interleaved in turns of 5 steps**; then the
@@ -34,6 +39,7 @@ from fxdrop.train import TrainConfig, TrainRun, time_matched_steps, train_interl
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "measurements" / "sequences"
 CACHE = Path.home() / ".cache" / "fxdrop"
+HELD_OUT = ("invert", "digits")
 ARMS = {"full": ("none", {}), "fxdrop": ("learn-and-drop", {}),
         "no-returns": ("learn-and-drop", {"returns": False}), "freeze": ("freeze", {})}
 
@@ -47,6 +53,11 @@ def classes(data: data_mod.ImageData, keep: set[int]) -> data_mod.ImageData:
         setattr(out, f"{split}_x", x[mask])
         setattr(out, f"{split}_y", y[mask])
     return out
+
+
+def inverted(data: data_mod.ImageData) -> data_mod.ImageData:
+    """A copy of ``data`` whose images have their contrast inverted (255 - x), labels unchanged."""
+    return replace(data, name=f"{data.name}[inverted]", train_x=255 - data.train_x, test_x=255 - data.test_x)
 
 
 def pretrained(model: str, dataset: str, cfg: TrainConfig) -> Path:
@@ -71,6 +82,14 @@ def scenario(name: str, cfg: TrainConfig):
         fashion = data_mod.load("fashion-small")
         return (lambda: build_model("resnet20", 10)), classes(fashion, {0, 1}), 8, fashion, 2, \
             "ResNet-20: Fashion-small classes 0-1 (8 epochs), then all ten (2 epochs)"
+    if name == "invert":
+        fashion = data_mod.load("fashion-small")
+        return (lambda: build_model("resnet18", 10)), fashion, 1, inverted(fashion), 2, \
+            "ResNet-18: Fashion-small (1 epoch), then the same images inverted (2 epochs)"
+    if name == "digits":
+        mnist = data_mod.load("mnist-small")
+        return (lambda: build_model("resnet32", 10)), classes(mnist, {0, 1, 2}), 3, mnist, 2, \
+            "ResNet-32: MNIST-small classes 0-2 (3 epochs), then all ten (2 epochs)"
     if name == "finetune":
         weights = pretrained("resnet18", "mnist-small", cfg)
 
@@ -119,7 +138,7 @@ def run(name: str, seed: int, lr: float, out: Path, arms: list[str] | None = Non
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenario", nargs="+", default=["sequence", "classes", "finetune"],
-                   choices=["sequence", "classes", "finetune"])
+                   choices=["sequence", "classes", "finetune", *HELD_OUT])
     p.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW's constant learning rate")
     p.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=None,

@@ -266,25 +266,25 @@ def test_checks_stay_within_their_share_of_the_compute(total):
         assert len(drops) > 1
 
 
-def test_checks_that_find_nothing_cost_at_most_2_percent(monkeypatch):
-    # every candidate refused; a check costs 8 rows per set; 200 steps of 8 rows train 4,800 rows: the checks
-    # stop within one boundary's check (at most 16 rows) of 2% (96 rows), where 5% (240 rows) alone would allow
-    # more than twice as many
+def test_checks_that_find_nothing_pause_and_cost_at_most_2_percent(monkeypatch):
+    # every candidate refused: the checks pause 2, 4, 8, 16, 16, ... boundaries (interval 5: steps 5, 15, 35,
+    # 75, 155, 235, 315), here with the budget lifted
     from fxdrop.policies import learn_and_drop
 
     _scripted_losses(monkeypatch, lambda k: 9.0 if k else 1.0, work=8.0)
-    spent = {}
-    for unpaid in (learn_and_drop._UNPAID_SHARE, 1.0):
-        monkeypatch.setattr(learn_and_drop, "_UNPAID_SHARE", unpaid)
-        pol = fxdrop.LearnAndDrop(interval=5, total_steps=200)
-        net, x = _net(pol)
-        _train(net, x, 200)
-        assert net.dropped == [] and pol.train_work == pol.full_work == 4800
-        spent[unpaid] = pol.check_work
-    assert 96 - 16 < spent[0.02] <= 96 + 16 and 240 - 16 < spent[1.0] <= 240 + 16
-    # what the drops save pays for more checks, up to the 5%: with half the network's compute saved from
-    # here on, the next check may run
+    monkeypatch.setattr(learn_and_drop, "_UNPAID_SHARE", 1.0)
+    pol = fxdrop.LearnAndDrop(interval=5, total_steps=400)
+    net, x = _net(pol)
+    _train(net, x, 400)
+    assert net.dropped == [] and sorted({c["step"] for c in pol.checks}) == [5, 15, 35, 75, 155, 235, 315]
+    # the budget: 100 of 200 steps of 8 rows trained (2,400 rows of 4,800), checks may spend 2% of the run (96
+    # rows), plus what the drops save up to 5%: with half the network's compute saved from here on, more
     monkeypatch.setattr(learn_and_drop, "_UNPAID_SHARE", 0.02)
+    pol = fxdrop.LearnAndDrop(interval=5, total_steps=200)
+    net, x = _net(pol)
+    _train(net, x, 100)
+    assert pol.train_work == pol.full_work == 2400
+    pol.check_work, pol._last_work = 90.0, 16.0
     assert pol._over_budget(100)
     monkeypatch.setattr(pol, "_fraction", lambda gm=None: 0.5)
     assert not pol._over_budget(100)
@@ -292,11 +292,13 @@ def test_checks_that_find_nothing_cost_at_most_2_percent(monkeypatch):
 
 def test_no_drop_its_probation_cannot_judge_before_a_known_end(monkeypatch):
     _scripted_losses(monkeypatch, lambda k: 9.0 if k else 1.0, work=0.0)  # every candidate refused, for free
-    pol = fxdrop.LearnAndDrop(interval=5, total_steps=40)
-    net, x = _net(pol)
-    _train(net, x, 40)
-    # probation comes 3 boundaries (15 steps) after a drop: the last drop check is at step 25
-    assert sorted({c["step"] for c in pol.checks if c["kind"] == "drop"}) == [5, 10, 15, 20, 25]
+    # checks that find nothing run at steps 5, 15, 35, ...; probation comes 3 boundaries (15 steps) after a
+    # drop: in a run of 40 steps the check at 35 does not run, in one of 50 it does
+    for total, steps in ((40, [5, 15]), (50, [5, 15, 35])):
+        pol = fxdrop.LearnAndDrop(interval=5, total_steps=total)
+        net, x = _net(pol)
+        _train(net, x, total)
+        assert sorted({c["step"] for c in pol.checks if c["kind"] == "drop"}) == steps
 
 
 def _scripted_losses(monkeypatch, script, work=8.0):
@@ -334,6 +336,17 @@ def test_drop_bound_is_what_training_gained(monkeypatch):
         assert bool(pol.events) == dropped
         if not dropped:
             assert pol.wait["layer1.0"] == (2, 2)  # tried again at boundary 2, then after 2 more
+
+
+def test_tolerance_is_of_the_loss_or_ln_c_whichever_is_smaller(monkeypatch):
+    # late (nothing gained over 3 boundaries) the bound is 5% of min(L, ln 10): at L = 5 (above an untrained
+    # network's 2.30) a rise of 0.2 is more than 5% of 2.30 (0.115), though less than 5% of 5 (0.25)
+    _scripted_losses(monkeypatch, lambda k: 5.2 if k else 5.0, work=0.0)
+    pol = fxdrop.LearnAndDrop(**KW)
+    net, x = _net(pol)
+    pol.history = [5.0] * 4
+    _train(net, x, 5)
+    assert net.dropped == [] and pol.checks and not any(c["accepted"] for c in pol.checks)
 
 
 def test_after_a_data_change_a_drop_may_raise_the_loss_by_tolerance_only(monkeypatch):
@@ -380,6 +393,22 @@ def test_units_return_when_the_data_changes(monkeypatch):
     state.update(now=1.0, **{"with": 1.01})  # ... and those it does not need go again
     _train(net, x, 45, opt=opt, start=30, shift=5)
     assert len(net.dropped) == 5  # the one refused at 30 waits 2 boundaries
+
+
+@pytest.mark.parametrize("jump_to, back", [(0.5, False), (1.6, True)])
+def test_units_return_only_when_the_loss_jumps_above_half_the_untrained_loss(monkeypatch, jump_to, back):
+    # ln 10 / 2 = 1.15: a jump from 0.1 to 0.5 is data the network still mostly fits, without its dropped
+    # units (they stay out; later drops get the strict bound); a jump to 1.6 is relearning: they come back
+    _scripted_losses(monkeypatch, lambda k: 1.0, work=0.0)
+    pol = fxdrop.LearnAndDrop(**KW)
+    net, x = _net(pol)
+    opt = _train(net, x, 5)
+    assert len(net.dropped) == 5
+    opt = _train(net, x, 9, opt=opt, start=5)
+    pol.train_loss, pol._loss_sum, pol._loss_n = 0.1, jump_to * 5, 5  # the interval's losses, the 10th read on top
+    _train(net, x, 10, opt=opt, start=9)
+    assert pol.changed_at == 10 and pol.checks[-1]["kind"] == "data change"
+    assert (net.dropped == []) == back and bool(pol.restored) == back
 
 
 @pytest.mark.parametrize("returns", [True, False])

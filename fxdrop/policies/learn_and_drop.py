@@ -3,8 +3,8 @@ again later, and put units back when the data changes. docs/method.md has the de
 
     every k optimizer steps (a boundary; k from the run's length, else 16):
         score each live unit: its layer change per learning rate over the interval (the paper's scores)
-        if the training loss jumped (interval mean > 1.5 x the last one's, and by > 0.1) or new_data(): every
-            dropped unit returns on trial (weights as when dropped, faded in over an interval); stop
+        if the training loss jumped (interval mean > 1.5 x the last one's, and by > 0.1) to above ln C / 2, or
+            new_data(): every dropped unit returns on trial (weights as when dropped, faded in over an interval); stop
         judge the cohorts dropped 3 boundaries ago: on the rows held at their drop, the held loss must be
             back within the bound that drop passed; else they return (weights as when dropped); stop
         if checks so far plus the next exceed 5% of training's compute (of twice the steps so far; of the whole
@@ -12,9 +12,9 @@ again later, and put units back when the data changes. docs/method.md has the de
         candidates: live units, stalled (plateau ratio <= `plateau`) first, then in graph order,
             cut where the forward FLOPs would pass 1 / `target_speedup`; units refused lately wait
         L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
-        bound = max(tolerance * L, min(gain since ln C / 3, gain over 3 boundaries)); after a data change tolerance * L
+        B = tolerance * min(L, ln C); bound = max(B, min(gain since ln C / 3, gain over 3 boundaries)); B after a jump
         binary-search the sets of the first n, n/2, ..., 1 candidates for the largest with held loss <= L + bound
-            and drop it; none passed: the first candidate waits 1, 2, 4, ... boundaries
+            and drop it; none passed: the first candidate waits 1, 2, 4, ... boundaries, checks 2, 4, 8, ... till one passes
         after a drop or a return: BatchNorm statistics re-estimated on the held batches
 
 Every quantity is counted (steps, rows, FLOPs, losses): no clock, so the same seed and data make the
@@ -82,6 +82,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self.optimizer: Any = None
         self.cohorts: list[tuple[int, list[str]]] = []  # (step, names) of every drop still in force
         self.wait: dict[str, tuple[int, int]] = {}  # unit -> (boundary it may be tried again at, next wait)
+        self.pause = (0, 2)  # (boundary the next drop check may run at, the pause after another check finds none)
         self.checks: list[dict] = []  # every check: step, kind, units, loss now, loss with, accepted
         self.train_work = self.check_work = 0.0  # rows through the full forward graph (a training row: 3)
         self.full_work = 0.0  # what training would have cost with no unit dropped
@@ -91,7 +92,8 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self._loss_sum, self._loss_n = 0.0, 0
         self._rows = 0  # rows of the last training batch
         self._lr_sum, self._lr_n = 0.0, 0
-        self._changed = False  # new_data() was called
+        self._changed = self._told = False  # new_data() was called (before this boundary; at it)
+        self._classes = 0  # columns of the training output's logits (0: not read)
         self._last_work = 0.0  # compute of the last check with candidates: what the next may cost
         self._returning: list[str] = []  # units this boundary puts back (applied once agreed across ranks)
         self._back_on_trial = False  # they come back on trial (a data change), not because their drop failed
@@ -150,6 +152,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         if not isinstance(output, torch.Tensor) or output.dim() != 2 or not output.requires_grad:
             return
         logits = output.detach()
+        self._classes = logits.shape[1]
 
         def read(grad: torch.Tensor) -> None:
             read = read_grad(logits, grad)  # tensors: no host sync on the training step
@@ -187,7 +190,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             if u.name in scores:
                 u.scores.append({"step": step, **scores[u.name]})
         if self._jumped(step):  # from here on a drop may raise the held loss by `tolerance` only
-            if self.cohorts and self.returns:
+            if self.cohorts and self.returns and self._relearning():
                 # every dropped unit comes back on trial, with its weights as when dropped: checking it at
                 # once would refuse it (stale, it raises the loss); from the next boundary it may go again,
                 # checked like any drop, once the network has trained with it
@@ -199,7 +202,8 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self._returning, self._back_on_trial = self._judge([t for t in self.on_trial if t["end"] <= step], step), False
         if self._returning:
             return []  # units are chosen from the next boundary on
-        cands = [] if self._over_budget(step) else self._candidates(step, scores)
+        cands = [] if self._over_budget(step) or step // self.interval < self.pause[0] else \
+            self._candidates(step, scores)
         if not cands:
             return []
         spent = self.check_work
@@ -210,9 +214,10 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self.history = (self.history + [res.now])[-_PROBATION - 1:]
         # a drop may undo what training gained over the last 3 boundaries (the time its probation gives it to
         # recover), and at most a third of what it gained since the untrained network's loss (ln C): early a
-        # lot, late little; and always `tolerance` of the loss. After a data change only `tolerance`: the
-        # units came back because the data changed, and a run of unknown length may end before a probation
-        bound = self.tolerance * res.now
+        # lot, late little; and always `tolerance` of the loss (of ln C at most: a loss above the untrained
+        # network's is no scale for a rise). After a data change only that: the units came back because the
+        # data changed, and a run of unknown length may end before a probation
+        bound = self.tolerance * (min(res.now, math.log(res.classes)) if res.classes > 1 else res.now)
         if res.labelled and self.changed_at is None:
             gained = math.log(res.classes) - res.now
             recent = self.history[0] - res.now if len(self.history) > _PROBATION else gained
@@ -232,6 +237,8 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             mid = (lo + hi) // 2
             loss = self._losses(held, [], self.net.candidate_graph([u.name for u in cands[:sizes[mid]]], "train")).now
         self._last_work = self.check_work - spent
+        boundary, wait = step // self.interval, self.pause[1]
+        self.pause = (boundary + wait, min(2 * wait, _MAX_WAIT)) if not chosen else (0, 2)
         if not chosen:
             self._refuse(cands[0].name, step)
         elif res.labelled:
@@ -247,14 +254,21 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         now = float(self._loss_sum) / n if n else None
         before, self.train_loss = self.train_loss, now
         self._loss_sum, self._loss_n = 0.0, 0
-        changed, self._changed = self._changed, False
-        changed = changed or (before is not None and now is not None and now > _JUMP_RATIO * before
+        self._told, self._changed = self._changed, False
+        changed = self._told or (before is not None and now is not None and now > _JUMP_RATIO * before
                               and now - before > _JUMP_MIN)
         if changed:
             self.changed_at = step
             self._record(step, "data change", [], math.nan if before is None else before,
                          math.nan if now is None else now, True, True)
         return changed
+
+    def _relearning(self) -> bool:
+        """Do the dropped units return at this data change? The user said so (new_data()), or the training
+        loss rose above half the untrained network's (ln C / 2): the network relearns, and needs its
+        units; a smaller jump is data it still mostly fits, without them."""
+        return self._told or (self.train_loss is not None and self._classes > 1
+                              and self.train_loss > math.log(self._classes) / 2)
 
     def _over_budget(self, step: int) -> bool:
         """No drop now: the checks so far plus the next would pass ``_CHECK_SHARE`` of the training compute

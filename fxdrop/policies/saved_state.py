@@ -15,7 +15,7 @@ class LearnAndDropState:
     def state_dict(self) -> dict:
         sd = super().state_dict()
         sd.update(tracker=self.tracker.state_dict() if self.tracker is not None else None,
-                  lr=(self._lr_sum, self._lr_n), wait={k: list(v) for k, v in self.wait.items()},
+                  lr=(self._lr_sum, self._lr_n), wait={k: list(v) for k, v in self.wait.items()}, pause=list(self.pause),
                   probe=self.probe.state_dict(), held_out=self.held_out.state_dict() if self.held_out else None,
                   checks=[dict(c) for c in self.checks], work=(self.train_work, self.check_work, self._last_work, self.full_work),
                   cohorts=[[s, list(n)] for s, n in self.cohorts], history=list(self.history), rows=self._rows,
@@ -31,6 +31,7 @@ class LearnAndDropState:
             self.tracker.load_state_dict(sd["tracker"])
         self._lr_sum, self._lr_n = sd.get("lr", (0.0, 0))
         self.wait = {k: (int(v[0]), int(v[1])) for k, v in sd.get("wait", {}).items()}
+        self.pause = tuple(int(v) for v in sd.get("pause", (0, 2)))
         sched = sd.get("schedule") or {}
         if not self.total_steps_given:
             self.total_steps = sched.get("total_steps", self.total_steps)

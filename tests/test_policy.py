@@ -335,7 +335,8 @@ def test_drop_bound_is_what_training_gained(monkeypatch):
         _train(net, x, 5)
         assert bool(pol.events) == dropped
         if not dropped:
-            assert pol.wait["layer1.0"] == (2, 2)  # tried again at boundary 2, then after 2 more
+            # checks pause 2 boundaries (the next at boundary 3); layer1.0 waits 1 more (tried at 4), then 2 more
+            assert pol.pause == (3, 4) and pol.wait["layer1.0"] == (4, 2)
 
 
 def test_tolerance_is_of_the_loss_or_ln_c_whichever_is_smaller(monkeypatch):
@@ -392,7 +393,11 @@ def test_units_return_when_the_data_changes(monkeypatch):
     assert net.dropped == [] and pol.checks[-1]["kind"] == "drop" and not pol.checks[-1]["accepted"]
     state.update(now=1.0, **{"with": 1.01})  # ... and those it does not need go again
     _train(net, x, 45, opt=opt, start=30, shift=5)
-    assert len(net.dropped) == 5  # the one refused at 30 waits 2 boundaries
+    # checks pause 2 boundaries after the refusal at 30: the other four go at 40; layer1.0, refused twice
+    # (at its return, then at 30), waits past the pause and 2 more: it goes at 50
+    assert len(net.dropped) == 4 and "layer1.0" not in net.dropped
+    _train(net, x, 50, opt=opt, start=45, shift=5)
+    assert len(net.dropped) == 5
 
 
 @pytest.mark.parametrize("jump_to, back", [(0.5, False), (1.6, True)])

@@ -14,7 +14,7 @@ again later, and put units back when the data changes. docs/method.md has the de
         L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
         B = tolerance * min(L, ln C); bound = max(B, min(gain since ln C / 3, gain over 3 boundaries)); B after a jump
         binary-search the sets of the first n, n/2, ..., 1 candidates for the largest with held loss <= L + bound
-            and drop it; none passed: the first candidate waits 1, 2, 4, ... boundaries, checks 2, 4, 8, ... till one passes
+            and drop it; none passed: checks pause 2, 4, 8, ... boundaries till one passes, the first candidate 1, 2, 4 more
         after a drop or a return: BatchNorm statistics re-estimated on the held batches
 
 Every quantity is counted (steps, rows, FLOPs, losses): no clock, so the same seed and data make the
@@ -237,10 +237,10 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             mid = (lo + hi) // 2
             loss = self._losses(held, [], self.net.candidate_graph([u.name for u in cands[:sizes[mid]]], "train")).now
         self._last_work = self.check_work - spent
-        boundary, wait = step // self.interval, self.pause[1]
-        self.pause = (boundary + wait, min(2 * wait, _MAX_WAIT)) if not chosen else (0, 2)
-        if not chosen:
-            self._refuse(cands[0].name, step)
+        pause = self.pause[1]
+        self.pause = (step // self.interval + pause, min(2 * pause, _MAX_WAIT)) if not chosen else (0, 2)
+        if not chosen:  # the first candidate waits past the pause, so the next check tries others first
+            self._refuse(cands[0].name, step, after=pause)
         elif res.labelled:
             self._trial = {"names": chosen, "end": step + _PROBATION * self.interval, "before": res.now,
                            "bound": bound, "held": held.head(len(held))}
@@ -337,10 +337,10 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self._new_baseline()
 
     # ----------------------------------------------------------------- helpers
-    def _refuse(self, name: str, step: int, at_least: int = 1) -> None:
-        """``name`` is not tried again for 1, 2, 4, ... boundaries (at most ``_MAX_WAIT``)."""
+    def _refuse(self, name: str, step: int, at_least: int = 1, after: int = 0) -> None:
+        """``name`` is not tried again for ``after`` plus 1, 2, 4, ... boundaries (at most ``_MAX_WAIT``)."""
         wait = max(self.wait.get(name, (0, 1))[1], at_least)
-        self.wait[name] = (step // self.interval + wait, min(2 * wait, _MAX_WAIT))
+        self.wait[name] = (step // self.interval + after + wait, min(2 * wait, _MAX_WAIT))
 
     def _losses(self, held: Probe, graphs: list, current=None):
         """Held losses of ``current`` (default: the graph training runs now) and of ``graphs``."""

@@ -79,8 +79,9 @@ class _Stepping:
 
     def new_data(self) -> None:
         """Say that the training data changed (a new task, new classes, another domain): at the next
-        boundary the policy checks which dropped units the new data needs back. Optional: a jump of the
-        held loss is noticed without it. A policy without returns ignores it."""
+        boundary LearnAndDrop puts every dropped unit back on trial, and those the new data does not need
+        go again. Optional: a jump of the training loss is noticed without it (units come back when it
+        jumps above ``ln C / 2``). A policy without returns ignores it."""
         tell = getattr(self.policy, "new_data", None)
         if tell is not None:
             tell()

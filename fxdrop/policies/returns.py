@@ -20,7 +20,8 @@ class Returns:
     ``_returning`` back (rank 0's decision), their optimizer state, and the fade-in of a unit on trial."""
 
     def new_data(self) -> None:
-        """The data changed: at the next boundary every dropped unit comes back on trial."""
+        """The data changed: at the next boundary every dropped unit comes back on trial (without this
+        call, they come back when the training loss jumps above ``ln C / 2``)."""
         self._changed = True
 
     def _agree(self) -> None:

@@ -14,6 +14,9 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from sequences import HELD_OUT  # noqa: E402  (the held-out sequence scenarios)
+
 
 def _ms(values: list[float], fmt: str) -> str:
     if len(values) < 2:
@@ -50,7 +53,8 @@ def sequences(runs: list[dict]) -> str:
     for name in sorted({r["scenario"] for r in runs}):
         rs = sorted((r for r in runs if r["scenario"] == name), key=lambda r: r["seed"])
         two = rs[0]["switch_step"] is not None
-        out.append(f"\n{rs[0]['about']}: {len(rs)} seeds\n")
+        held = " (held out: run once, after the rule was fixed)" if name in HELD_OUT else ""
+        out.append(f"\n{rs[0]['about']}: {len(rs)} seeds{held}\n")
         out.append("| arm | CPU speed-up | " + ("phase-1 wall speed-up | Δ phase-1 acc at switch pt | " if two else "")
                    + "Δ end acc pt | end acc % | drops (step: units) | returns (step: units) |")
         out.append("|---|---|" + ("---|---|" if two else "") + "---|---|---|---|")

@@ -25,10 +25,12 @@ class Returns:
         self._changed = True
 
     def _agree(self) -> None:
-        """Rank 0's returns and waits on every rank; the units returning are restored with the weights they
-        had, a fresh optimizer state, a wait before they may go again, and (back on trial) a fade-in."""
+        """Rank 0's returns, waits and pause on every rank; the units returning are restored with the
+        weights they had, a fresh optimizer state, a wait before they may go again, and (back on trial) a
+        fade-in."""
         assert self.net is not None
-        back, self.wait, self._back_on_trial = agree((list(self._returning), dict(self.wait), self._back_on_trial))
+        back, self.wait, self.pause, self._back_on_trial = agree(
+            (list(self._returning), dict(self.wait), tuple(self.pause), self._back_on_trial))
         self._returning = []
         if not back:
             return

@@ -15,7 +15,8 @@ class LearnAndDropState:
     def state_dict(self) -> dict:
         sd = super().state_dict()
         sd.update(tracker=self.tracker.state_dict() if self.tracker is not None else None,
-                  lr=(self._lr_sum, self._lr_n), wait={k: list(v) for k, v in self.wait.items()}, pause=list(self.pause),
+                  lr=(self._lr_sum, self._lr_n), wait={k: list(v) for k, v in self.wait.items()},
+                  pause=list(self.pause),
                   probe=self.probe.state_dict(), held_out=self.held_out.state_dict() if self.held_out else None,
                   checks=[dict(c) for c in self.checks], work=(self.train_work, self.check_work, self._last_work, self.full_work),
                   cohorts=[[s, list(n)] for s, n in self.cohorts], history=list(self.history), rows=self._rows,

@@ -86,7 +86,8 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self.checks: list[dict] = []  # every check: step, kind, units, loss now, loss with, accepted
         self.train_work = self.check_work = 0.0  # rows through the full forward graph (a training row: 3)
         self.full_work = 0.0  # what training would have cost with no unit dropped
-        self.history: list[float] = []  # held loss at the last _PROBATION boundaries that checked
+        self.history: list[tuple[int, float]] = []  # (boundary, held loss) of the checks of the last 3 boundaries,
+        # and of the last check before them
         self.changed_at: int | None = None  # the step the data last changed at (a jump, or new_data())
         self.train_loss: float | None = None  # mean training loss over the last interval (read off gradients)
         self._loss_sum, self._loss_n = 0.0, 0
@@ -211,7 +212,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         lo, hi = 0, len(sizes) - 1
         mid = hi // 2
         res = self._losses(held, [self.net.candidate_graph([u.name for u in cands[:sizes[mid]]], "train")])
-        self.history = (self.history + [res.now])[-_PROBATION - 1:]
+        recent = self._recent_gain(step // self.interval, res.now)
         # a drop may undo what training gained over the last 3 boundaries (the time its probation gives it to
         # recover), and at most a third of what it gained since the untrained network's loss (ln C): early a
         # lot, late little; and always `tolerance` of the loss (of ln C at most: a loss above the untrained
@@ -220,7 +221,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         bound = self.tolerance * (min(res.now, math.log(res.classes)) if res.classes > 1 else res.now)
         if res.labelled and self.changed_at is None:
             gained = math.log(res.classes) - res.now
-            recent = self.history[0] - res.now if len(self.history) > _PROBATION else gained
+            recent = gained if recent is None else recent
             bound = max(bound, min(gained / 3, recent))
         chosen: list[str] = []
         loss = res.candidates[0]
@@ -262,6 +263,17 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             self._record(step, "data change", [], math.nan if before is None else before,
                          math.nan if now is None else now, True, True)
         return changed
+
+    def _recent_gain(self, boundary: int, loss: float) -> float | None:
+        """What the held loss fell over the last 3 boundaries: from the last check at least 3 boundaries ago
+        to ``loss`` (now), scaled to 3 boundaries where checks paused longer; ``None`` before any such check."""
+        self.history.append((boundary, loss))
+        old = [h for h in self.history if h[0] <= boundary - _PROBATION]
+        self.history = old[-1:] + [h for h in self.history if h[0] > boundary - _PROBATION]
+        if not old:
+            return None
+        then, was = old[-1]
+        return (was - loss) * _PROBATION / (boundary - then)
 
     def _relearning(self) -> bool:
         """Do the dropped units return at this data change? The user said so (new_data()), or the training

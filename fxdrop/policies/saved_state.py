@@ -19,7 +19,7 @@ class LearnAndDropState:
                   pause=list(self.pause),
                   probe=self.probe.state_dict(), held_out=self.held_out.state_dict() if self.held_out else None,
                   checks=[dict(c) for c in self.checks], work=(self.train_work, self.check_work, self._last_work, self.full_work),
-                  cohorts=[[s, list(n)] for s, n in self.cohorts], history=list(self.history), rows=self._rows,
+                  cohorts=[[s, list(n)] for s, n in self.cohorts], history=[list(h) for h in self.history], rows=self._rows,
                   changed_at=self.changed_at,
                   train_loss=(self.train_loss, float(self._loss_sum), int(self._loss_n)),
                   changed=self._changed, fading_in=dict(self.fading_in), on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
@@ -48,7 +48,7 @@ class LearnAndDropState:
         self.full_work = work[3] if len(work) > 3 else self.train_work
         self.cohorts = [(int(s), list(n)) for s, n in sd.get("cohorts", [])]
         self.train_loss, self._loss_sum, self._loss_n = sd.get("train_loss", (None, 0.0, 0))
-        self.history = [float(v) for v in sd.get("history", [])]
+        self.history = [(int(h[0]), float(h[1])) for h in sd.get("history", []) if isinstance(h, (list, tuple))]
         self.changed_at = sd.get("changed_at")
         self._rows = int(sd.get("rows", 0))
         self._changed = bool(sd.get("changed", False))

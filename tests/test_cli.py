@@ -46,18 +46,17 @@ def test_idx_loader_reads_torchvision_layout(tmp_path):
 @pytest.mark.slow
 def test_cli_run_end_to_end_resnet18(capsys):
     rc = main(["run", "--model", "resnet18", "--epochs", "2", "--train-limit", "2000", "--test-limit", "1000",
-               "--batch-size", "64", "--json", "--no-progress", "--policy", "learn-and-drop", "random",
+               "--batch-size", "64", "--json", "--no-progress", "--policy", "learn-and-drop",
                "--tolerance", "0.99"])  # accept nearly every candidate: this test is about the run, not the check
+    # (the random replay of the same schedule is asserted on the tiny run, test_cli_run_tiny_end_to_end)
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     runs = {r["policy"]: r for r in out["runs"]}
-    assert set(runs) == {"none", "learn-and-drop", "random"}
+    assert set(runs) == {"none", "learn-and-drop"}
     ld = runs["learn-and-drop"]
     assert ld["dropped"], "Learn&Drop dropped nothing"
     assert ld["flops_ratio"] < 1.0
     assert runs["none"]["test_acc"] >= 0.85 and ld["test_acc"] >= 0.85  # stated floor for 2 epochs on 2k images
-    # random replays the same schedule: same number of drops at the same steps
-    assert [(s, len(n)) for s, n in runs["random"]["events"]] == [(s, len(n)) for s, n in ld["events"]]
 
 
 def test_cli_units_and_errors(capsys):

@@ -267,27 +267,28 @@ def test_checks_stay_within_their_share_of_the_compute(total):
 
 
 def test_checks_that_find_nothing_pause_and_cost_at_most_2_percent(monkeypatch):
-    # every candidate refused: the checks pause 2, 4, 8, 16, 16, ... boundaries (interval 5: steps 5, 15, 35,
-    # 75, 155, 235, 315), here with the budget lifted
+    # every candidate refused: the checks pause 2, 4, 8, 16, 16, ... boundaries (interval 1: steps 1, 3, 7,
+    # 15, 31, 47, 63; none at 79, whose probation would fall after the end), here with the budget lifted
     from fxdrop.policies import learn_and_drop
 
-    _scripted_losses(monkeypatch, lambda k: 9.0 if k else 1.0, work=8.0)
+    _scripted_losses(monkeypatch, lambda k: 9.0 if k else 1.0, work=1.0)  # cheap: under 5% of this short run
     monkeypatch.setattr(learn_and_drop, "_UNPAID_SHARE", 1.0)
-    pol = fxdrop.LearnAndDrop(interval=5, total_steps=400)
+    pol = fxdrop.LearnAndDrop(interval=1, total_steps=80)
     net, x = _net(pol)
-    _train(net, x, 400)
-    assert net.dropped == [] and sorted({c["step"] for c in pol.checks}) == [5, 15, 35, 75, 155, 235, 315]
-    # the budget: 100 of 200 steps of 8 rows trained (2,400 rows of 4,800), checks may spend 2% of the run (96
-    # rows), plus what the drops save up to 5%: with half the network's compute saved from here on, more
+    _train(net, x, 80)
+    assert net.dropped == [] and sorted({c["step"] for c in pol.checks}) == [1, 3, 7, 15, 31, 47, 63]
+    # the budget: 50 of 100 steps of 8 rows trained (1,200 rows of 2,400, forward and backward counted), checks
+    # may spend 2% of the run (48 rows), plus what the drops save up to 5%: with half the network's compute
+    # saved from here on (600 rows), 5% of the 1,800 left to spend (90 rows)
     monkeypatch.setattr(learn_and_drop, "_UNPAID_SHARE", 0.02)
-    pol = fxdrop.LearnAndDrop(interval=5, total_steps=200)
+    pol = fxdrop.LearnAndDrop(interval=5, total_steps=100)
     net, x = _net(pol)
-    _train(net, x, 100)
-    assert pol.train_work == pol.full_work == 2400
-    pol.check_work, pol._last_work = 90.0, 16.0
-    assert pol._over_budget(100)
+    _train(net, x, 50)
+    assert pol.train_work == pol.full_work == 1200
+    pol.check_work, pol._last_work = 45.0, 8.0
+    assert pol._over_budget(50)
     monkeypatch.setattr(pol, "_fraction", lambda gm=None: 0.5)
-    assert not pol._over_budget(100)
+    assert not pol._over_budget(50)
 
 
 def test_no_drop_its_probation_cannot_judge_before_a_known_end(monkeypatch):

@@ -388,28 +388,93 @@ def test_units_return_when_the_data_changes(monkeypatch):
     before = gone.detach().clone()
     _train(net, x, 20, opt=opt, start=5)  # probation at 20: the held loss is back where it was: they stay
     assert len(net.dropped) == 5 and torch.equal(gone, before)
-    # the data changes: the labels move, so the training loss jumps; every dropped unit comes back on trial,
-    # with no check (a stale unit raises the held loss at first), its weights as when dropped
+    # the data changes: the labels move, so the training loss jumps; the dropped cohort (one, of five units)
+    # comes back on trial, with no check (a stale unit raises the held loss at first), its weights as when
+    # dropped, faded in
     events = []
     net.on_drop(lambda n, names, ev: events.append(ev))
     _train(net, x, 25, opt=opt, start=20, shift=5)
     assert net.dropped == [] and pol.restored == [(25, [u.name for u in net.units])] and events == ["restore"]
-    assert torch.equal(gone, before)
+    assert torch.equal(gone, before) and net.fading == {u.name: 0.25 for u in net.units}
     assert all(p not in opt.state for p in net.parameters_of(net.unit("layer1.0")))  # a fresh optimizer state
     assert "live (back at step 25)" in net.summary() and "0 dropped, 5 put back" in net.summary()
-    # the next boundary checks them like any drop: those the new data needs (here: any, the held loss rises by
-    # more than the tolerance without them) stay
+    # the next boundary judges the trial: dropping them again would raise the held loss by more than the
+    # tolerance (0.05 of it) - the new data needs them: they stay, at full weight
     state.update(now=1.0, **{"with": 1.5})
-    pol.history = [(3, 1.0)]  # nothing gained lately (and after a data change): the bound is the tolerance
     _train(net, x, 30, opt=opt, start=25, shift=5)
-    assert net.dropped == [] and pol.checks[-1]["kind"] == "drop" and not pol.checks[-1]["accepted"]
-    state.update(now=1.0, **{"with": 1.01})  # ... and those it does not need go again
-    _train(net, x, 45, opt=opt, start=30, shift=5)
-    # checks pause 2 boundaries after the refusal at 30: the other four go at 40; layer1.0, refused twice
-    # (at its return, then at 30), waits past the pause and 2 more: it goes at 50
-    assert len(net.dropped) == 4 and "layer1.0" not in net.dropped
-    _train(net, x, 50, opt=opt, start=45, shift=5)
-    assert len(net.dropped) == 5
+    assert net.dropped == [] and net.fading == {}
+    assert pol.checks[-1]["kind"] == "return" and pol.checks[-1]["accepted"]
+    state.update(now=1.0, **{"with": 1.01})  # ... and ordinary drop checks resume: those it does not need go
+    _train(net, x, 35, opt=opt, start=30, shift=5)
+    assert len(net.dropped) == 5 and pol.checks[-1]["kind"] == "drop"
+
+
+def test_cohorts_return_one_at_a_time_and_each_stays_only_if_it_helps(monkeypatch):
+    # two cohorts dropped, the data changes: the last dropped comes back first, faded in; at the next boundary
+    # it is judged (needed: dropping it again raises the held loss by 0.5), and the other comes back; at the
+    # boundary after, that one is judged (not needed: no rise) and goes again; then ordinary checks resume
+    first, last = ["layer1.0", "layer1.1"], ["layer3.1", "layer4.1"]
+    _scripted_losses(monkeypatch, lambda k: 1.0 if k <= 2 else 1.5, work=0.0)
+    pol = fxdrop.LearnAndDrop(**KW)
+    net, x = _net(pol)
+    for cohort in (first, last):
+        net.drop(*cohort)
+        pol.committed(cohort)  # as if the policy had dropped them
+    kept = [p.detach().clone() for p in net.parameters_of(net.unit("layer3.1"))]
+    net.new_data()
+    opt = _train(net, x, 5)
+    assert pol.restored == [(5, last)] and sorted(net.dropped) == first and net.fading == dict.fromkeys(last, 0.25)
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters_of(net.unit("layer3.1")), kept))
+    _train(net, x, 10, opt=opt, start=5)
+    assert pol.restored == [(5, last), (10, first)] and net.dropped == [] and set(net.fading) == set(first)
+    _train(net, x, 15, opt=opt, start=10)
+    assert sorted(net.dropped) == first and pol.events[-1] == (15, first)
+    assert [(c["step"], c["kind"], c["units"], c["accepted"]) for c in pol.checks if c["kind"] != "data change"] \
+        == [(10, "return", last, True), (15, "return", first, False)]
+    assert pol._queue == [] and pol._trying == []
+    _train(net, x, 20, opt=opt, start=15)  # each cohort had its one trial: nothing more comes back
+    assert pol.restored == [(5, last), (10, first)] and sorted(net.dropped) == first
+
+
+def test_resume_in_the_middle_of_return_trials(monkeypatch):
+    # checkpointed while one cohort is on trial and the other queued, the resumed run returns, judges and
+    # drops as the uninterrupted one
+    _scripted_losses(monkeypatch, lambda k: 1.0 if k <= 2 else 1.5, work=0.0)
+
+    def start(seed=0):
+        net, x = _net(fxdrop.LearnAndDrop(**KW), seed=seed)
+        for cohort in (["layer1.0", "layer1.1"], ["layer3.1", "layer4.1"]):
+            net.drop(*cohort)
+            net.policy.committed(cohort)
+        net.new_data()
+        return net, x
+    a, x = start()
+    _train(a, x, 20)
+    b, _ = start()
+    opt = _train(b, x, 7)
+    assert b.policy._trying and b.policy._queue and b.fading
+    ckpt = copy.deepcopy({"model": b.state_dict(), "optim": opt.state_dict(), "fxdrop": b.drop_state_dict()})
+    c, _ = _net(fxdrop.LearnAndDrop(**KW), seed=123)
+    c.load_state_dict(ckpt["model"])
+    c.load_drop_state_dict(ckpt["fxdrop"])
+    opt_c = torch.optim.SGD(c.parameters(), lr=0.05, momentum=0.9)
+    opt_c.load_state_dict(ckpt["optim"])
+    _train(c, x, 20, opt=opt_c, start=7)
+    assert c.policy.restored == a.policy.restored == [(5, ["layer3.1", "layer4.1"]), (10, ["layer1.0", "layer1.1"])]
+    assert c.dropped == a.dropped and c.policy.events == a.policy.events and c.policy.checks == a.policy.checks
+
+
+def test_no_cohort_comes_back_when_its_trial_could_not_be_judged(monkeypatch):
+    # a run of known length: a cohort back on trial within an interval of the end would end the run stale
+    _scripted_losses(monkeypatch, lambda k: 1.0, work=0.0)
+    pol = fxdrop.LearnAndDrop(interval=5, total_steps=13)
+    net, x = _net(pol)
+    net.drop("layer1.0")
+    pol.committed(["layer1.0"])
+    opt = _train(net, x, 9)
+    net.new_data()
+    _train(net, x, 13, opt=opt, start=9)  # the boundary at 10: 10 + 5 > 13
+    assert pol.restored == [] and net.dropped == ["layer1.0"] and pol.checks[-1]["kind"] == "data change"
 
 
 @pytest.mark.parametrize("jump_to, back", [(0.5, False), (1.6, True)])

@@ -4,13 +4,13 @@ again later, and put units back when the data changes. docs/method.md has the de
     every k optimizer steps (a boundary; k from the run's length, else 16):
         score each live unit: its layer change per learning rate over the interval (the paper's scores)
         if the training loss jumped (interval mean > 1.5 x the last one's, and by > 0.1) to above ln C / 2, or
-            new_data(): every dropped unit returns on trial (weights as when dropped, faded in over an interval); stop
+            new_data(): the dropped cohorts queue to come back, the last dropped first
+        a cohort on trial stays if its drop would raise the held loss by more than B, else it goes; the next queued
+            comes back on trial (as dropped, fresh optimizer state, faded in over k steps) unless a known end is nearer; stop
         judge the cohorts dropped 3 boundaries ago: on the rows held at their drop, the held loss must be
             back within the bound that drop passed; else they return (weights as when dropped); stop
-        if checks so far plus the next exceed 5% of training's compute (of twice the steps so far; of the whole
-            run if its length is known, and then also 2% plus what drops save), or the run ends before a probation: stop
-        candidates: live units, stalled (plateau ratio <= `plateau`) first, then in graph order,
-            cut where the forward FLOPs would pass 1 / `target_speedup`; units refused lately wait
+        if checks would pass 5% of training's compute (known length: 2% + what drops save), or no probation fits: stop
+        candidates: live units, stalled (plateau ratio <= `plateau`) first, in graph order, to 1/`target_speedup` FLOPs
         L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
         B = tolerance * min(L, ln C); bound = max(B, min(gain since ln C / 3, gain over 3 boundaries)); B after a jump
         binary-search the sets of the first n, n/2, ..., 1 candidates for the largest with held loss <= L + bound
@@ -100,6 +100,8 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self._back_on_trial = False  # they come back on trial (a data change), not because their drop failed
         self.fading_in: dict[str, int] = {}  # unit back after a data change -> the step it came back at
         self.on_trial: list[dict] = []  # cohorts on probation: names, end step, rows held, loss there, bound
+        self._queue: list[list[str]] = []  # cohorts to come back on trial after a data change, the next first
+        self._trying: list[str] = []  # the cohort back on trial, judged at the next boundary
         self._trial: dict | None = None  # the probation of the cohort being dropped now
 
     # ----------------------------------------------------------------- what the wrapper tells the policy
@@ -190,16 +192,17 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         for u in live:
             if u.name in scores:
                 u.scores.append({"step": step, **scores[u.name]})
-        if self._jumped(step):  # from here on a drop may raise the held loss by `tolerance` only
-            if self.cohorts and self.returns and self._relearning():
-                # every dropped unit comes back on trial, with its weights as when dropped: checking it at
-                # once would refuse it (stale, it raises the loss); from the next boundary it may go again,
-                # checked like any drop, once the network has trained with it
-                self._returning, self._back_on_trial = [n for _, names in self.cohorts for n in names], True
-                return []
+        if self._jumped(step) and self.cohorts and self.returns and self._relearning():
+            # from here on a drop may raise the held loss by `tolerance` only. The dropped cohorts come back
+            # on trial one at a time, the last dropped first: a stale unit raises the loss at first (checked at
+            # once, each would be refused), and many at once can upset the network; the probations of their
+            # drops were on the old data
+            self._queue, self.on_trial = [list(names) for _, names in reversed(self.cohorts)], []
         held = self.held_out if self.held_out is not None else self.probe
         if not len(held):
             return []
+        if self._trying or self._queue:
+            return self._next_trial(step, held)
         self._returning, self._back_on_trial = self._judge([t for t in self.on_trial if t["end"] <= step], step), False
         if self._returning:
             return []  # units are chosen from the next boundary on
@@ -263,6 +266,26 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             self._record(step, "data change", [], math.nan if before is None else before,
                          math.nan if now is None else now, True, True)
         return changed
+
+    def _next_trial(self, step: int, held: Probe) -> list[str]:
+        """Judge the cohort back on trial, faded in over the last interval: it stays if dropping it again
+        raises the held loss by more than ``tolerance`` of it (the drop bound after a data change), else it
+        goes again (returned, to be dropped). Then the next queued cohort comes back on trial, unless the
+        run ends within an interval, where its trial could not be judged."""
+        assert self.net is not None
+        again = []
+        if self._trying:
+            res = self._losses(held, [self.net.candidate_graph(self._trying, "train")])
+            bound = self.tolerance * (min(res.now, math.log(res.classes)) if res.classes > 1 else res.now)
+            stays = res.candidates[0] - res.now > bound
+            self._record(step, "return", self._trying, res.now, res.candidates[0], stays, res.labelled)
+            again, self._trying = ([] if stays else self._trying), []
+        if self.total_steps is not None and step + self.interval > self.total_steps:
+            self._queue = []
+        while self._queue and not self._returning:  # (units the user restored meanwhile are skipped)
+            self._returning = [n for n in self._queue.pop(0) if self.net.unit(n).dropped]
+            self._back_on_trial = True
+        return again
 
     def _recent_gain(self, boundary: int, loss: float) -> float | None:
         """What the held loss fell over the last 3 boundaries: from the last check at least 3 boundaries ago

@@ -1,5 +1,6 @@
 """Units coming back: what a :class:`~fxdrop.policies.LearnAndDrop` does once a boundary decided to put
-units back (after a data change, or a drop that failed its probation), applied alike on every rank."""
+units back (a cohort on trial after a data change, or a drop that failed its probation), applied alike on
+every rank."""
 
 from __future__ import annotations
 
@@ -20,20 +21,22 @@ class Returns:
     ``_returning`` back (rank 0's decision), their optimizer state, and the fade-in of a unit on trial."""
 
     def new_data(self) -> None:
-        """The data changed: at the next boundary every dropped unit comes back on trial (without this
-        call, they come back when the training loss jumps above ``ln C / 2``)."""
+        """The data changed: from the next boundary the dropped cohorts come back on trial, one at a time
+        (without this call, they do when the training loss jumps above ``ln C / 2``)."""
         self._changed = True
 
     def _agree(self) -> None:
-        """Rank 0's returns, waits and pause on every rank; the units returning are restored with the
+        """Rank 0's returns, queue, waits and pause on every rank; the units returning are restored with the
         weights they had, a fresh optimizer state, a wait before they may go again, and (back on trial) a
-        fade-in."""
+        fade-in, to be judged at the next boundary."""
         assert self.net is not None
-        back, self.wait, self.pause, self._back_on_trial = agree(
-            (list(self._returning), dict(self.wait), tuple(self.pause), self._back_on_trial))
+        back, self._queue, self.wait, self.pause, self._back_on_trial = agree(
+            (list(self._returning), list(self._queue), dict(self.wait), tuple(self.pause), self._back_on_trial))
         self._returning = []
         if not back:
             return
+        if self._back_on_trial:
+            self._trying = list(back)
         self.net.restore(*back)
         self.restored.append((self.net.steps, list(back)))
         self.cohorts = [(s, [n for n in names if n not in back]) for s, names in self.cohorts]

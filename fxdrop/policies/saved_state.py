@@ -22,7 +22,8 @@ class LearnAndDropState:
                   cohorts=[[s, list(n)] for s, n in self.cohorts], history=[list(h) for h in self.history], rows=self._rows,
                   changed_at=self.changed_at,
                   train_loss=(self.train_loss, float(self._loss_sum), int(self._loss_n)),
-                  changed=self._changed, fading_in=dict(self.fading_in), on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
+                  changed=self._changed, fading_in=dict(self.fading_in),
+                  returns_queue=[list(c) for c in self._queue], trying=list(self._trying), on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
                   schedule={"interval": self.interval, "total_steps": self.total_steps})
         return sd
 
@@ -53,6 +54,8 @@ class LearnAndDropState:
         self._rows = int(sd.get("rows", 0))
         self._changed = bool(sd.get("changed", False))
         self.fading_in = {k: int(v) for k, v in sd.get("fading_in", {}).items()}
+        self._queue = [list(c) for c in sd.get("returns_queue", [])]
+        self._trying = list(sd.get("trying", []))
         self.on_trial = []
         for t in sd.get("on_trial", []):
             held = Probe(self.probe.batches, self.probe.samples)

@@ -30,7 +30,7 @@ def _model(full=False):
 def _net(policy=None, seed=0, full=False):
     torch.manual_seed(seed)
     model = _model(full)
-    x = torch.randn(8, 3, 32, 32)
+    x = torch.randn(8, 3, 16, 16)
     return fxdrop.wrap(model, example_inputs=(x[:2],), policy=policy), x
 
 

@@ -1,6 +1,6 @@
 """The evidence for data that changes and for fine-tuning (issue 34): the default Learn&Drop against the
 full network, Learn&Drop without returns, Composer-style freezing and the full network trained for
-Learn&Drop's time, on three scenarios of the bundled data.
+Learn&Drop's time, on scenarios of the bundled data (``TWO_PHASES``, and fine-tuning).
 
 - ``sequence``: ResNet-18 trained on MNIST-small, then on Fashion-small (``fxdrop run --then``);
 - ``classes``: ResNet-20 on two Fashion-small classes, then on all ten (the units the first phase
@@ -45,7 +45,6 @@ from fxdrop.train import TrainConfig, TrainRun, time_matched_steps, train_interl
 OUT = Path(__file__).resolve().parents[1] / "docs" / "measurements" / "sequences"
 CACHE = Path.home() / ".cache" / "fxdrop"
 HELD_OUT = ("rotate", "halves")
-SEEN = ("invert", "digits")  # held out for 777455d's rule, reported once; fitted since
 ARMS = {"full": ("none", {}), "fxdrop": ("learn-and-drop", {}),
         "no-returns": ("learn-and-drop", {"returns": False}), "freeze": ("freeze", {})}
 
@@ -85,31 +84,39 @@ def pretrained(model: str, dataset: str, cfg: TrainConfig) -> Path:
     return path
 
 
+# name: (model, first data, its epochs, second data, its epochs, what it is); data: a bundled set, "[0,1]" its
+# classes kept, " inverted" / " rotated" its images changed
+TWO_PHASES = {
+    "sequence": ("resnet18", "mnist-small", 1, "fashion-small", 2,
+                 "ResNet-18: MNIST-small (1 epoch), then Fashion-small (2 epochs)"),
+    "classes": ("resnet20", "fashion-small[0,1]", 8, "fashion-small", 2,
+                "ResNet-20: Fashion-small classes 0-1 (8 epochs), then all ten (2 epochs)"),
+    "invert": ("resnet18", "fashion-small", 1, "fashion-small inverted", 2,
+               "ResNet-18: Fashion-small (1 epoch), then the same images inverted (2 epochs)"),
+    "digits": ("resnet32", "mnist-small[0,1,2]", 3, "mnist-small", 2,
+               "ResNet-32: MNIST-small classes 0-2 (3 epochs), then all ten (2 epochs)"),
+    "rotate": ("resnet20", "fashion-small", 1, "fashion-small rotated", 2,
+               "ResNet-20: Fashion-small (1 epoch), then the same images turned a quarter (2 epochs)"),
+    "halves": ("resnet20", "mnist-small[0,1,2,3,4]", 3, "mnist-small", 2,
+               "ResNet-20: MNIST-small classes 0-4 (3 epochs), then all ten (2 epochs)"),
+}
+
+
+def _data(spec: str) -> data_mod.ImageData:
+    """The data a ``TWO_PHASES`` entry names."""
+    name, _, change = spec.partition(" ")
+    name, _, keep = name.partition("[")
+    data = data_mod.load(name)
+    if keep:
+        data = classes(data, {int(c) for c in keep.rstrip("]").split(",")})
+    return inverted(data) if change == "inverted" else rotated(data) if change == "rotated" else data
+
+
 def scenario(name: str, cfg: TrainConfig):
     """(model factory, first data, its epochs, second data or None, its epochs, what it is)."""
-    if name == "sequence":
-        return (lambda: build_model("resnet18", 10)), data_mod.load("mnist-small"), 1, \
-            data_mod.load("fashion-small"), 2, "ResNet-18: MNIST-small (1 epoch), then Fashion-small (2 epochs)"
-    if name == "classes":
-        fashion = data_mod.load("fashion-small")
-        return (lambda: build_model("resnet20", 10)), classes(fashion, {0, 1}), 8, fashion, 2, \
-            "ResNet-20: Fashion-small classes 0-1 (8 epochs), then all ten (2 epochs)"
-    if name == "invert":
-        fashion = data_mod.load("fashion-small")
-        return (lambda: build_model("resnet18", 10)), fashion, 1, inverted(fashion), 2, \
-            "ResNet-18: Fashion-small (1 epoch), then the same images inverted (2 epochs)"
-    if name == "digits":
-        mnist = data_mod.load("mnist-small")
-        return (lambda: build_model("resnet32", 10)), classes(mnist, {0, 1, 2}), 3, mnist, 2, \
-            "ResNet-32: MNIST-small classes 0-2 (3 epochs), then all ten (2 epochs)"
-    if name == "rotate":
-        fashion = data_mod.load("fashion-small")
-        return (lambda: build_model("resnet20", 10)), fashion, 1, rotated(fashion), 2, \
-            "ResNet-20: Fashion-small (1 epoch), then the same images turned a quarter (2 epochs)"
-    if name == "halves":
-        mnist = data_mod.load("mnist-small")
-        return (lambda: build_model("resnet20", 10)), classes(mnist, {0, 1, 2, 3, 4}), 3, mnist, 2, \
-            "ResNet-20: MNIST-small classes 0-4 (3 epochs), then all ten (2 epochs)"
+    if name in TWO_PHASES:
+        model, first, epochs, then, then_epochs, about = TWO_PHASES[name]
+        return (lambda: build_model(model, 10)), _data(first), epochs, _data(then), then_epochs, about
     if name == "finetune":
         weights = pretrained("resnet18", "mnist-small", cfg)
 
@@ -158,7 +165,7 @@ def run(name: str, seed: int, lr: float, out: Path, arms: list[str] | None = Non
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenario", nargs="+", default=["sequence", "classes", "finetune"],
-                   choices=["sequence", "classes", "finetune", *SEEN, *HELD_OUT])
+                   choices=[*TWO_PHASES, "finetune"])
     p.add_argument("--seed", "--seeds", dest="seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW's constant learning rate")
     p.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=None,

@@ -221,7 +221,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         # lot, late little; and always `tolerance` of the loss (of ln C at most: a loss above the untrained
         # network's is no scale for a rise). After a data change only that: the units came back because the
         # data changed, and a run of unknown length may end before a probation
-        bound = self.tolerance * (min(res.now, math.log(res.classes)) if res.classes > 1 else res.now)
+        bound = self._strict_bound(res)
         if res.labelled and self.changed_at is None:
             gained = math.log(res.classes) - res.now
             recent = gained if recent is None else recent
@@ -267,25 +267,10 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
                          math.nan if now is None else now, True, True)
         return changed
 
-    def _next_trial(self, step: int, held: Probe) -> list[str]:
-        """Judge the cohort back on trial, faded in over the last interval: it stays if dropping it again
-        raises the held loss by more than ``tolerance`` of it (the drop bound after a data change), else it
-        goes again (returned, to be dropped). Then the next queued cohort comes back on trial, unless the
-        run ends within an interval, where its trial could not be judged."""
-        assert self.net is not None
-        again = []
-        if self._trying:
-            res = self._losses(held, [self.net.candidate_graph(self._trying, "train")])
-            bound = self.tolerance * (min(res.now, math.log(res.classes)) if res.classes > 1 else res.now)
-            stays = res.candidates[0] - res.now > bound
-            self._record(step, "return", self._trying, res.now, res.candidates[0], stays, res.labelled)
-            again, self._trying = ([] if stays else self._trying), []
-        if self.total_steps is not None and step + self.interval > self.total_steps:
-            self._queue = []
-        while self._queue and not self._returning:  # (units the user restored meanwhile are skipped)
-            self._returning = [n for n in self._queue.pop(0) if self.net.unit(n).dropped]
-            self._back_on_trial = True
-        return again
+    def _strict_bound(self, res) -> float:
+        """B: ``tolerance`` of the held loss now, or of ``ln C`` if that is smaller (a loss above the untrained
+        network's is no scale for a rise)."""
+        return self.tolerance * (min(res.now, math.log(res.classes)) if res.classes > 1 else res.now)
 
     def _recent_gain(self, boundary: int, loss: float) -> float | None:
         """What the held loss fell over the last 3 boundaries: from the last check at least 3 boundaries ago
@@ -318,19 +303,6 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         left = 3 * self._rows * (self.total_steps - step)
         work, full = self.train_work + left * self._fraction(), self.full_work + left
         return spent > min(_CHECK_SHARE * work, _UNPAID_SHARE * work + full - work)
-
-    def _judge(self, due: list[dict], step: int) -> list[str]:
-        """Cohorts whose probation ended: on the rows held when they were dropped, the network now must be
-        back to the loss it had there before the drop, within the bound the drop passed; else they return
-        (their weights as when dropped)."""
-        back = []
-        for t in due:
-            self.on_trial.remove(t)
-            now = self._losses(t["held"], []).now
-            ok = now - t["before"] <= t["bound"]
-            self._record(step, "probation", t["names"], t["before"], now, ok, True)
-            back += [] if ok else t["names"]
-        return back
 
     def _candidates(self, step: int, scores: dict[str, dict[str, float]]) -> list:
         """Live units that may go now, stalled first, then in graph order, cut at ``target_speedup``."""

@@ -5,8 +5,12 @@ every rank."""
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from ..distributed import agree
+
+if TYPE_CHECKING:
+    from ..probe import Probe
 
 __all__ = ["Returns"]
 
@@ -17,7 +21,8 @@ _FAILED_WAIT = 4  # boundaries a unit whose drop failed its probation waits befo
 
 
 class Returns:
-    """Mixin of LearnAndDrop (its attributes are LearnAndDrop's): ``new_data``, putting the units of
+    """Mixin of LearnAndDrop (its attributes are LearnAndDrop's): ``new_data``, the judgement of drops
+    whose probation ended, the trials of cohorts coming back after a data change, putting the units of
     ``_returning`` back (rank 0's decision), their optimizer state, and the fade-in of a unit on trial."""
 
     def new_data(self) -> None:
@@ -52,6 +57,38 @@ class Returns:
                 self.net.fade(n, _FADE_IN_STEPS[0])
         self._new_baseline()
         log.info("fxdrop: step %d: %s returned", self.net.steps, back)
+
+    def _judge(self, due: list[dict], step: int) -> list[str]:
+        """Cohorts whose probation ended: on the rows held when they were dropped, the network now must be
+        back to the loss it had there before the drop, within the bound the drop passed; else they return
+        (their weights as when dropped)."""
+        back = []
+        for t in due:
+            self.on_trial.remove(t)
+            now = self._losses(t["held"], []).now
+            ok = now - t["before"] <= t["bound"]
+            self._record(step, "probation", t["names"], t["before"], now, ok, True)
+            back += [] if ok else t["names"]
+        return back
+
+    def _next_trial(self, step: int, held: "Probe") -> list[str]:
+        """Judge the cohort back on trial, faded in over the last interval: it stays if dropping it again
+        raises the held loss by more than ``tolerance`` of it (the drop bound after a data change), else it
+        goes again (returned, to be dropped). Then the next queued cohort comes back on trial, unless the
+        run ends within an interval, where its trial could not be judged."""
+        assert self.net is not None
+        again = []
+        if self._trying:
+            res = self._losses(held, [self.net.candidate_graph(self._trying, "train")])
+            stays = res.candidates[0] - res.now > self._strict_bound(res)
+            self._record(step, "return", self._trying, res.now, res.candidates[0], stays, res.labelled)
+            again, self._trying = ([] if stays else self._trying), []
+        if self.total_steps is not None and step + self.interval > self.total_steps:
+            self._queue = []
+        while self._queue and not self._returning:  # (units the user restored meanwhile are skipped)
+            self._returning = [n for n in self._queue.pop(0) if self.net.unit(n).dropped]
+            self._back_on_trial = True
+        return again
 
     def _fresh_optimizer_state(self, name: str) -> None:
         """A returning unit starts its optimizer state afresh (momentum and Adam moments from before its

@@ -23,7 +23,8 @@ class LearnAndDropState:
                   changed_at=self.changed_at,
                   train_loss=(self.train_loss, float(self._loss_sum), int(self._loss_n)),
                   changed=self._changed, fading_in=dict(self.fading_in),
-                  returns_queue=[list(c) for c in self._queue], trying=list(self._trying), on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
+                  returns_queue=[list(c) for c in self._queue], trying=list(self._trying),
+                  on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
                   schedule={"interval": self.interval, "total_steps": self.total_steps})
         return sd
 

@@ -493,6 +493,34 @@ def test_units_return_only_when_the_loss_jumps_above_half_the_untrained_loss(mon
     assert (net.dropped == []) == back and bool(pol.restored) == back
 
 
+@pytest.mark.parametrize("jump_to, changed, back", [(0.7, False, False), (0.9, True, False), (2.0, True, True)])
+def test_a_data_change_is_seen_in_the_held_loss(monkeypatch, jump_to, changed, back):
+    # the training loss shows no jump (a drop reset its baseline; the labels do not move), but the held loss
+    # of the graph training runs rose from 0.55 (layer1.0 dropped, at the last check) to `jump_to`: past
+    # 1.5 x and by 0.1 the data changed, so a drop may raise it by `tolerance` only (0.2 passes a third of
+    # the gain otherwise); past ln 10 / 2 the network relearns, and the dropped cohort comes back on trial
+    phase = {"late": False}
+
+    def script(k):
+        if not phase["late"]:
+            return {0: 0.5, 1: 0.55}.get(k, 1.5 + 0.1 * k)
+        return {1: jump_to, 2: jump_to + 0.2}.get(k, jump_to + 1)
+    _scripted_losses(monkeypatch, script, work=0.0)
+    pol = fxdrop.LearnAndDrop(**KW)
+    net, x = _net(pol)
+    opt = _train(net, x, 5)
+    assert pol.events == [(5, ["layer1.0"])] and pol.changed_at is None
+    phase["late"] = True
+    _train(net, x, 10, opt=opt, start=5)
+    assert (pol.changed_at == 10) == changed
+    assert [c["kind"] for c in pol.checks].count("data change") == changed
+    if changed:
+        change = next(c for c in pol.checks if c["kind"] == "data change")
+        assert change["step"] == 10 and change["loss"] == 0.55 and change["loss_with"] == jump_to
+    assert pol.restored == ([(10, ["layer1.0"])] if back else [])
+    assert net.dropped == ([] if back else ["layer1.0"] if changed else ["layer1.0", "layer1.1"])
+
+
 @pytest.mark.parametrize("returns", [True, False])
 def test_new_data_brings_units_back(returns):
     pol = fxdrop.LearnAndDrop(returns=returns, **KW)

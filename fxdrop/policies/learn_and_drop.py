@@ -3,7 +3,7 @@ again later, and put units back when the data changes. docs/method.md has the de
 
     every k optimizer steps (a boundary; k from the run's length, else 16):
         score each live unit: its layer change per learning rate over the interval (the paper's scores)
-        if the training loss jumped (interval mean > 1.5 x the last one's, and by > 0.1) to above ln C / 2, or
+        if the training or (at a check) the held loss jumped (> 1.5 x its last, and by > 0.1) to above ln C / 2, or
             new_data(): the dropped cohorts queue to come back, the last dropped first
         a cohort on trial stays if its drop would raise the held loss by more than B, else it goes; the next queued
             comes back on trial (as dropped, fresh optimizer state, faded in over k steps) unless a known end is nearer; stop
@@ -47,7 +47,6 @@ _UNKNOWN_LENGTH_INTERVAL = 16  # steps between boundaries when the run's length 
 _HELD_BATCHES, _HELD_ROWS = 2, 64  # batches held for checks, rows of each
 _CHECK_SHARE = 0.05  # checks may run this share of the training compute (forward + backward)
 _UNPAID_SHARE = 0.02  # ... and at most this share more than the drops save: checks that find nothing cost little
-_JUMP_RATIO, _JUMP_MIN = 1.5, 0.1  # the held loss jumped: the data changed
 _PROBATION = 3  # boundaries after which a drop is judged: has the held loss recovered?
 _MAX_WAIT = 16  # boundaries a refused unit waits at most
 
@@ -103,6 +102,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self._queue: list[list[str]] = []  # cohorts to come back on trial after a data change, the next first
         self._trying: list[str] = []  # the cohort back on trial, judged at the next boundary
         self._trial: dict | None = None  # the probation of the cohort being dropped now
+        self._held_ref: tuple | None = None  # (units dropped, held loss, labelled) of the graph after the last check
 
     # ----------------------------------------------------------------- what the wrapper tells the policy
     def bind(self, net: "DropNet") -> None:
@@ -192,12 +192,8 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         for u in live:
             if u.name in scores:
                 u.scores.append({"step": step, **scores[u.name]})
-        if self._jumped(step) and self.cohorts and self.returns and self._relearning():
-            # from here on a drop may raise the held loss by `tolerance` only. The dropped cohorts come back
-            # on trial one at a time, the last dropped first: a stale unit raises the loss at first (checked at
-            # once, each would be refused), and many at once can upset the network; the probations of their
-            # drops were on the old data
-            self._queue, self.on_trial = [list(names) for _, names in reversed(self.cohorts)], []
+        if self._jumped(step) and self._relearning(self.train_loss):
+            self._queue_returns()
         held = self.held_out if self.held_out is not None else self.probe
         if not len(held):
             return []
@@ -215,6 +211,9 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         lo, hi = 0, len(sizes) - 1
         mid = hi // 2
         res = self._losses(held, [self.net.candidate_graph([u.name for u in cands[:sizes[mid]]], "train")])
+        if self._held_jumped(step, res) and self._relearning(res.now):
+            self._queue_returns()
+            return self._next_trial(step, held)
         recent = self._recent_gain(step // self.interval, res.now)
         # a drop may undo what training gained over the last 3 boundaries (the time its probation gives it to
         # recover), and at most a third of what it gained since the untrained network's loss (ln C): early a
@@ -227,13 +226,13 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             recent = gained if recent is None else recent
             bound = max(bound, min(gained / 3, recent))
         chosen: list[str] = []
-        loss = res.candidates[0]
+        loss = after = res.candidates[0]
         while True:  # binary search of the sizes for the largest set that passes
             names = [u.name for u in cands[:sizes[mid]]]
             ok = loss - res.now <= bound
             self._record(step, "drop", names, res.now, loss, ok, res.labelled)
             if ok:
-                chosen, lo = names, mid + 1
+                chosen, lo, after = names, mid + 1, loss
             else:
                 hi = mid - 1
             if lo > hi:
@@ -241,6 +240,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             mid = (lo + hi) // 2
             loss = self._losses(held, [], self.net.candidate_graph([u.name for u in cands[:sizes[mid]]], "train")).now
         self._last_work = self.check_work - spent
+        self._held_ref = (self._dropped() | set(chosen), after if chosen else res.now, res.labelled)
         pause = self.pause[1]
         self.pause = (step // self.interval + pause, min(2 * pause, _MAX_WAIT)) if not chosen else (0, 2)
         if not chosen:  # the first candidate waits past the pause, so the next check tries others first
@@ -249,23 +249,6 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             self._trial = {"names": chosen, "end": step + _PROBATION * self.interval, "before": res.now,
                            "bound": bound, "held": held.head(len(held))}
         return chosen
-
-    def _jumped(self, step: int) -> bool:
-        """Did the data change? new_data() was called, or the training loss's mean over this interval is
-        more than 1.5 x the last one's, and by more than 0.1 (no training loss read: only new_data()).
-        A change is recorded (``changed_at``, and a "data change" check with the losses before and now)."""
-        n = int(self._loss_n)
-        now = float(self._loss_sum) / n if n else None
-        before, self.train_loss = self.train_loss, now
-        self._loss_sum, self._loss_n = 0.0, 0
-        self._told, self._changed = self._changed, False
-        changed = self._told or (before is not None and now is not None and now > _JUMP_RATIO * before
-                              and now - before > _JUMP_MIN)
-        if changed:
-            self.changed_at = step
-            self._record(step, "data change", [], math.nan if before is None else before,
-                         math.nan if now is None else now, True, True)
-        return changed
 
     def _strict_bound(self, res) -> float:
         """B: ``tolerance`` of the held loss now, or of ``ln C`` if that is smaller (a loss above the untrained
@@ -282,13 +265,6 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             return None
         then, was = old[-1]
         return (was - loss) * _PROBATION / (boundary - then)
-
-    def _relearning(self) -> bool:
-        """Do the dropped units return at this data change? The user said so (new_data()), or the training
-        loss rose above half the untrained network's (ln C / 2): the network relearns, and needs its
-        units; a smaller jump is data it still mostly fits, without them."""
-        return self._told or (self.train_loss is not None and self._classes > 1
-                              and self.train_loss > math.log(self._classes) / 2)
 
     def _over_budget(self, step: int) -> bool:
         """No drop now: the checks so far plus the next would pass ``_CHECK_SHARE`` of the training compute

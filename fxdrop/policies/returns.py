@@ -1,10 +1,11 @@
-"""Units coming back: what a :class:`~fxdrop.policies.LearnAndDrop` does once a boundary decided to put
-units back (a cohort on trial after a data change, or a drop that failed its probation), applied alike on
-every rank."""
+"""Data changes and units coming back: how a :class:`~fxdrop.policies.LearnAndDrop` tells that the data
+changed, and what it does once a boundary decided to put units back (a cohort on trial after a data change,
+or a drop that failed its probation), applied alike on every rank."""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 from ..distributed import agree
@@ -18,6 +19,7 @@ log = logging.getLogger("fxdrop.policies.learn_and_drop")
 
 _FADE_IN_STEPS = (0.25, 0.5, 0.75, 1.0)  # the weight of a unit back on trial over the quarters of an interval
 _FAILED_WAIT = 4  # boundaries a unit whose drop failed its probation waits before it may go again
+_JUMP_RATIO, _JUMP_MIN = 1.5, 0.1  # a loss that rose more than this much (both): the data changed
 
 
 class Returns:
@@ -27,8 +29,55 @@ class Returns:
 
     def new_data(self) -> None:
         """The data changed: from the next boundary the dropped cohorts come back on trial, one at a time
-        (without this call, they do when the training loss jumps above ``ln C / 2``)."""
+        (without this call, they do when the training or the held loss jumps above ``ln C / 2``)."""
         self._changed = True
+
+    def _jumped(self, step: int) -> bool:
+        """Did the data change? new_data() was called, or the training loss's mean over this interval is
+        more than 1.5 x the last one's, and by more than 0.1 (no training loss read: only new_data())."""
+        n = int(self._loss_n)
+        now = float(self._loss_sum) / n if n else None
+        before, self.train_loss = self.train_loss, now
+        self._loss_sum, self._loss_n = 0.0, 0
+        self._told, self._changed = self._changed, False
+        changed = self._told or (before is not None and now is not None and _rose(before, now))
+        if changed:
+            self._data_changed(step, math.nan if before is None else before, math.nan if now is None else now)
+        return changed
+
+    def _held_jumped(self, step: int, res) -> bool:
+        """Did the data change without the training loss showing it (a drop resets its baseline; a network
+        may relearn within an interval)? The held loss of the graph training runs now rose 1.5 x and by 0.1
+        over what the same graph scored at the last check, both on labelled rows."""
+        ref = self._held_ref
+        if ref is None or not (res.labelled and ref[2]) or ref[0] != self._dropped() or self.changed_at == step \
+                or not _rose(ref[1], res.now):
+            return False
+        self._data_changed(step, ref[1], res.now)
+        return True
+
+    def _data_changed(self, step: int, before: float, now: float) -> None:
+        """Record a data change (``changed_at``; a "data change" check with the losses before and now): from
+        here on a drop may raise the held loss by ``tolerance`` only."""
+        self.changed_at, self._held_ref = step, None
+        self._record(step, "data change", [], before, now, True, True)
+
+    def _relearning(self, loss: float | None) -> bool:
+        """Do the dropped units return at this data change? The user said so (new_data()), or the loss rose
+        above half the untrained network's (ln C / 2): the network relearns, and needs its units; a smaller
+        jump is data it still mostly fits, without them."""
+        return bool(self.cohorts) and self.returns and (self._told or (
+            loss is not None and self._classes > 1 and loss > math.log(self._classes) / 2))
+
+    def _queue_returns(self) -> None:
+        """The dropped cohorts come back on trial one at a time, the last dropped first: a stale unit raises
+        the loss at first (checked at once, each would be refused), and many at once can upset the network;
+        the probations of their drops were on the old data."""
+        self._queue, self.on_trial = [list(names) for _, names in reversed(self.cohorts)], []
+
+    def _dropped(self) -> set[str]:
+        assert self.net is not None
+        return {u.name for u in self.net.units if u.dropped}
 
     def _agree(self) -> None:
         """Rank 0's returns, queue, waits and pause on every rank; the units returning are restored with the
@@ -110,3 +159,7 @@ class Returns:
             self.net.fade(n, alpha)
             if alpha >= 1:
                 del self.fading_in[n]
+
+
+def _rose(before: float, now: float) -> bool:
+    return now > _JUMP_RATIO * before and now - before > _JUMP_MIN

@@ -60,8 +60,9 @@ def test_cli_run_end_to_end_resnet18(capsys):
 
 
 def test_cli_units_and_errors(capsys):
-    assert main(["units", "--model", "vgg11", "--input-size", "32", "--num-classes", "10"]) == 0
-    assert "features.8" in capsys.readouterr().out
+    # (the 32-px VGG-11 of fxdrop.models: torchvision's builds its 133M weights in 4 s)
+    assert main(["units", "--model", "cifar_vgg11", "--input-size", "32", "--num-classes", "10"]) == 0
+    assert "features.11" in capsys.readouterr().out
     assert main(["run", "--model", "nonexistent_net", "--no-progress"]) == 2
     assert "unknown model" in capsys.readouterr().err
 
@@ -267,7 +268,7 @@ BAD = [  # (argv, regex the one stderr line must match)
     (["run", "--dataset", "cifar10"], r"--dataset cifar10: CIFAR-10 is read from a local directory: pass --data-dir"),
     (["run", "--model", "tests.models"], r"unknown model 'tests.models'.*package.module:factory"),
     (["units", "--model", "resnet5"], r"fxdrop units: error: unknown model 'resnet5': did you mean resnet5[06]\?.*resnet50"),
-    (["units", "--model", "vgg11", "--input-size", "8"], r"fxdrop units: error: --model vgg11 cannot run on 8x8 "
+    (["units", "--model", "cifar_vgg11", "--input-size", "8"], r"fxdrop units: error: --model cifar_vgg11 cannot run on 8x8 "
                                                           r"inputs .*larger --input-size"),
     (["units", "--level", "top"], r"--level: 'top' is not a level: give an int >= 0, 'inner' or 'outer'"),
     (["run", "--ld", "tolerance=1.5"], r"--ld: LearnAndDrop: tolerance must be a number in \[0, 1\), got 1.5"),

@@ -23,8 +23,8 @@ def _wrap(model, *shape):
 
 @pytest.mark.parametrize(
     "name,count",
-    [("resnet18", 5), ("resnet50", 12), pytest.param("resnet152", 46, marks=pytest.mark.slow), ("vgg11", 5),
-     pytest.param("vgg16", 10, marks=pytest.mark.slow)],
+    [("resnet18", 5), ("resnet50", 12), pytest.param("resnet152", 46, marks=pytest.mark.slow),
+     pytest.param("vgg16", 10, marks=pytest.mark.slow)],  # vgg11: test_vgg_chain_units_are_the_shape_preserving_layers
 )
 def test_unit_counts(name, count):
     net, _ = _wrap(torchvision.models.get_model(name, weights=None, num_classes=10), 1, 3, 32, 32)
@@ -46,6 +46,7 @@ def test_resnet_unit_names_and_params():
 def test_vgg_chain_units_are_the_shape_preserving_layers():
     net, _ = _wrap(torchvision.models.vgg11(num_classes=10), 1, 3, 32, 32)
     assert [u.name for u in net.units] == ["features.8", "features.13", "features.16", "features.18", "classifier.3"]
+    assert {u.kind for u in net.units} == {"chain"}
     # conv + its ReLU (parameters of the conv only); the classifier unit is Linear+ReLU+Dropout
     assert net.unit("features.8").params == ("features.8.weight", "features.8.bias")
 

@@ -129,7 +129,10 @@ def test_torchvision_model(name):
 UNIT_COUNTS = {"vit_b_16": 24, "swin_t": 24, "maxvit_t": 44, "shufflenet_v2_x1_0": 13, "convnext_tiny": 18}
 
 
-@pytest.mark.parametrize("name", sorted(UNIT_COUNTS))
+# maxvit_t and vit_b_16 (224 px; 3-5 s each) in the slow tier: the fast one checks ViT's encoder layers
+# through test_levels.py
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("maxvit_t", "vit_b_16") else n
+                                  for n in sorted(UNIT_COUNTS)])
 def test_unit_counts_of_transformers_and_branches(name):
     model = torchvision.models.get_model(name, weights=None).eval()
     size = INPUT_SIZE.get(name, 64)

@@ -65,30 +65,20 @@ def classes(data: data_mod.ImageData, keep: set[int]) -> data_mod.ImageData:
     return out
 
 
-def inverted(data: data_mod.ImageData) -> data_mod.ImageData:
-    """A copy of ``data`` whose images have their contrast inverted (255 - x), labels unchanged."""
-    return replace(data, name=f"{data.name}[inverted]", train_x=255 - data.train_x, test_x=255 - data.test_x)
+# " inverted" and the others of a ``TWO_PHASES`` entry: what is done to the images (train, then test, so
+# the noise is one fixed draw); the labels stay
+_CHANGES = {
+    "inverted": lambda x, g: 255 - x,  # contrast inverted
+    "rotated": lambda x, g: torch.rot90(x, 1, (-2, -1)),  # turned a quarter counter-clockwise
+    "noisy": lambda x, g: (x.float() + 64 * torch.randn(x.shape, generator=g)).clamp(0, 255).round().to(x.dtype),
+    "flipped": lambda x, g: torch.flip(x, (-2,)),  # upside down
+}
 
 
-def rotated(data: data_mod.ImageData) -> data_mod.ImageData:
-    """A copy of ``data`` whose images are turned a quarter counter-clockwise, labels unchanged."""
-    return replace(data, name=f"{data.name}[rotated]", train_x=torch.rot90(data.train_x, 1, (-2, -1)),
-                   test_x=torch.rot90(data.test_x, 1, (-2, -1)))
-
-
-def noisy(data: data_mod.ImageData) -> data_mod.ImageData:
-    """A copy of ``data`` with Gaussian noise (std 64 of 255, a fixed draw) added to its images, labels unchanged."""
-    g = torch.Generator().manual_seed(0)
-
-    def add(x: torch.Tensor) -> torch.Tensor:
-        return (x.float() + 64 * torch.randn(x.shape, generator=g)).clamp(0, 255).round().to(x.dtype)
-    return replace(data, name=f"{data.name}[noisy]", train_x=add(data.train_x), test_x=add(data.test_x))
-
-
-def flipped(data: data_mod.ImageData) -> data_mod.ImageData:
-    """A copy of ``data`` whose images are upside down, labels unchanged."""
-    return replace(data, name=f"{data.name}[flipped]", train_x=torch.flip(data.train_x, (-2,)),
-                   test_x=torch.flip(data.test_x, (-2,)))
+def changed(data: data_mod.ImageData, change: str) -> data_mod.ImageData:
+    """A copy of ``data`` whose images are changed as ``_CHANGES[change]`` says, labels unchanged."""
+    g, f = torch.Generator().manual_seed(0), _CHANGES[change]
+    return replace(data, name=f"{data.name}[{change}]", train_x=f(data.train_x, g), test_x=f(data.test_x, g))
 
 
 def pretrained(model: str, dataset: str, cfg: TrainConfig) -> Path:
@@ -124,7 +114,6 @@ TWO_PHASES = {
     "flip": ("resnet32", "fashion-small", 1, "fashion-small flipped", 2,
              "ResNet-32: Fashion-small (1 epoch), then the same images upside down (2 epochs)"),
 }
-_CHANGES = {"inverted": inverted, "rotated": rotated, "noisy": noisy, "flipped": flipped}
 
 
 def _data(spec: str) -> data_mod.ImageData:
@@ -134,7 +123,7 @@ def _data(spec: str) -> data_mod.ImageData:
     data = data_mod.load(name)
     if keep:
         data = classes(data, {int(c) for c in keep.rstrip("]").split(",")})
-    return _CHANGES[change](data) if change else data
+    return changed(data, change) if change else data
 
 
 def scenario(name: str, cfg: TrainConfig):

@@ -102,7 +102,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         self._queue: list[list[str]] = []  # cohorts to come back on trial after a data change, the next first
         self._trying: list[str] = []  # the cohort back on trial, judged at the next boundary
         self._trial: dict | None = None  # the probation of the cohort being dropped now
-        self._held_ref: tuple | None = None  # (units dropped, held loss, labelled) of the graph after the last check
+        self._held_ref: tuple | None = None  # (units dropped, held loss) of the graph after the last labelled check
 
     # ----------------------------------------------------------------- what the wrapper tells the policy
     def bind(self, net: "DropNet") -> None:
@@ -240,7 +240,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             mid = (lo + hi) // 2
             loss = self._losses(held, [], self.net.candidate_graph([u.name for u in cands[:sizes[mid]]], "train")).now
         self._last_work = self.check_work - spent
-        self._held_ref = (self._dropped() | set(chosen), after if chosen else res.now, res.labelled)
+        self._held_ref = (set(self.net.dropped) | set(chosen), after if chosen else res.now) if res.labelled else None
         pause = self.pause[1]
         self.pause = (step // self.interval + pause, min(2 * pause, _MAX_WAIT)) if not chosen else (0, 2)
         if not chosen:  # the first candidate waits past the pause, so the next check tries others first

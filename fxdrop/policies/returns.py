@@ -48,10 +48,11 @@ class Returns:
     def _held_jumped(self, step: int, res) -> bool:
         """Did the data change without the training loss showing it (a drop resets its baseline; a network
         may relearn within an interval)? The held loss of the graph training runs now rose 1.5 x and by 0.1
-        over what the same graph scored at the last check, both on labelled rows."""
+        over what the same graph scored at the last check, both on labelled rows (``_held_ref`` is kept for
+        labelled checks only, and cleared at every data change)."""
+        assert self.net is not None
         ref = self._held_ref
-        if ref is None or not (res.labelled and ref[2]) or ref[0] != self._dropped() or self.changed_at == step \
-                or not _rose(ref[1], res.now):
+        if ref is None or not res.labelled or ref[0] != set(self.net.dropped) or not _rose(ref[1], res.now):
             return False
         self._data_changed(step, ref[1], res.now)
         return True
@@ -74,10 +75,6 @@ class Returns:
         the loss at first (checked at once, each would be refused), and many at once can upset the network;
         the probations of their drops were on the old data."""
         self._queue, self.on_trial = [list(names) for _, names in reversed(self.cohorts)], []
-
-    def _dropped(self) -> set[str]:
-        assert self.net is not None
-        return {u.name for u in self.net.units if u.dropped}
 
     def _agree(self) -> None:
         """Rank 0's returns, queue, waits and pause on every rank; the units returning are restored with the

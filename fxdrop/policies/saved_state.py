@@ -25,7 +25,7 @@ class LearnAndDropState:
                   changed=self._changed, fading_in=dict(self.fading_in),
                   returns_queue=[list(c) for c in self._queue], trying=list(self._trying),
                   on_trial=[{**t, "held": t["held"].state_dict()} for t in self.on_trial],
-                  held_ref=None if self._held_ref is None else [sorted(self._held_ref[0]), *self._held_ref[1:]],
+                  held_ref=None if self._held_ref is None else [sorted(self._held_ref[0]), self._held_ref[1]],
                   schedule={"interval": self.interval, "total_steps": self.total_steps})
         return sd
 
@@ -59,7 +59,7 @@ class LearnAndDropState:
         self._queue = [list(c) for c in sd.get("returns_queue", [])]
         self._trying = list(sd.get("trying", []))
         ref = sd.get("held_ref")
-        self._held_ref = None if ref is None else (set(ref[0]), float(ref[1]), bool(ref[2]))
+        self._held_ref = None if ref is None else (set(ref[0]), float(ref[1]))
         self.on_trial = []
         for t in sd.get("on_trial", []):
             held = Probe(self.probe.batches, self.probe.samples)

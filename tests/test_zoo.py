@@ -16,13 +16,13 @@ SKIPPED = {"vit_h_14", "regnet_y_128gf"}
 ZOO = [n for n in ALL if n not in SKIPPED]
 # the default tier wraps one model of each family; the rest of the zoo is the slow tier (CI runs both)
 # vgg11 is in test_core.py's fast tests; here (gradients of its 133M weights held twice) it is slow; the
-# transformers are swin_t here, vit_b_16 in test_levels.py (its 9 s here are the slow tier's)
+# transformers are swin_t here, a 12-layer VisionTransformer in test_levels.py (vit_b_16: the slow tier)
 FAST = {"resnet18", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0",
         "squeezenet1_0", "densenet121", "googlenet", "regnet_x_400mf", "convnext_tiny", "swin_t",
         "mnasnet0_5"}
 # segmentation models return a dict ({"out": ..., "aux": ...}): wrapped, verified and dropped as the rest
 SEGMENTATION = torchvision.models.list_models(module=torchvision.models.segmentation)
-FAST_SEGMENTATION = {"lraspp_mobilenet_v3_large", "fcn_resnet50"}
+FAST_SEGMENTATION = {"lraspp_mobilenet_v3_large"}
 # models over 100M parameters are wrapped by hand (`-m huge`, docs/testing.md), not in CI: on a 2-core
 # machine that ran a ResNet-18 step six times slower than usual they made CI's slow tier 22.6 min of its 18
 HUGE_PARAMS = 100_000_000

@@ -23,6 +23,13 @@ Held out (``HELD_OUT``, fixed before a data change seen in the held loss was tri
 - ``noise``: ResNet-20 on MNIST-small, then on the same images with Gaussian noise added (std 64 of 255);
 - ``flip``: ResNet-32 on Fashion-small, then on the same images upside down.
 
+Held out for the next rule change (``HELD_OUT_NEXT``, fixed at stop 47 before any change to the bound of
+drops in runs of unknown length was tried; not run yet: run once, after that change, and report them as
+they come):
+
+- ``shift``: ResNet-56 on MNIST-small, then on the same images moved 6 px right and down (zeros in);
+- ``contrast``: ResNet-20 on Fashion-small, then on the same images at a quarter of their contrast.
+
 The loop is the online one: ``net.step(opt, targets=y)`` after ``opt.step()``, AdamW at a constant lr,
 the run's length unknown to the policy. One process, 1 torch thread; an untimed warm-up of every arm,
 then the arms from the same init and data order **interleaved in turns of 5 steps**; then the
@@ -50,6 +57,7 @@ from fxdrop.train import TrainConfig, TrainRun, time_matched_steps, train_interl
 OUT = Path(__file__).resolve().parents[1] / "docs" / "measurements" / "sequences"
 CACHE = Path.home() / ".cache" / "fxdrop"
 HELD_OUT = ("noise", "flip")
+HELD_OUT_NEXT = ("shift", "contrast")
 ARMS = {"full": ("none", {}), "fxdrop": ("learn-and-drop", {}),
         "no-returns": ("learn-and-drop", {"returns": False}), "freeze": ("freeze", {})}
 
@@ -72,6 +80,8 @@ _CHANGES = {
     "rotated": lambda x, g: torch.rot90(x, 1, (-2, -1)),  # turned a quarter counter-clockwise
     "noisy": lambda x, g: (x.float() + 64 * torch.randn(x.shape, generator=g)).clamp(0, 255).round().to(x.dtype),
     "flipped": lambda x, g: torch.flip(x, (-2,)),  # upside down
+    "shifted": lambda x, g: torch.nn.functional.pad(x, (6, 0, 6, 0))[..., :x.shape[-2], :x.shape[-1]],
+    "faded": lambda x, g: (x.float() / 4 + 96).round().to(x.dtype),  # a quarter of the contrast, mid-grey
 }
 
 
@@ -95,7 +105,7 @@ def pretrained(model: str, dataset: str, cfg: TrainConfig) -> Path:
 
 
 # name: (model, first data, its epochs, second data, its epochs, what it is); data: a bundled set, "[0,1]" its
-# classes kept, " inverted" / " rotated" / " noisy" / " flipped" its images changed
+# classes kept, " inverted" / " rotated" / " noisy" / " flipped" / " shifted" / " faded" its images changed
 TWO_PHASES = {
     "sequence": ("resnet18", "mnist-small", 1, "fashion-small", 2,
                  "ResNet-18: MNIST-small (1 epoch), then Fashion-small (2 epochs)"),
@@ -113,6 +123,10 @@ TWO_PHASES = {
               "ResNet-20: MNIST-small (1 epoch), then the same images with Gaussian noise (1 epoch)"),
     "flip": ("resnet32", "fashion-small", 1, "fashion-small flipped", 2,
              "ResNet-32: Fashion-small (1 epoch), then the same images upside down (2 epochs)"),
+    "shift": ("resnet56", "mnist-small", 1, "mnist-small shifted", 2,
+              "ResNet-56: MNIST-small (1 epoch), then the same images moved 6 px right and down (2 epochs)"),
+    "contrast": ("resnet20", "fashion-small", 1, "fashion-small faded", 2,
+                 "ResNet-20: Fashion-small (1 epoch), then the same images at a quarter of their contrast (2 epochs)"),
 }
 
 

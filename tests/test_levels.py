@@ -10,11 +10,12 @@ import fxdrop
 
 from .helpers import assert_outputs_close
 
+VIT_LAYERS = [f"encoder.layers.encoder_layer_{i}" for i in range(12)]
 CASES = [  # model, input side, level, expected unit names (or count and a name pattern)
     ("resnet18", 64, 0, ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]),
     ("resnet18", 64, 1, ["layer1", "layer2.1", "layer3.1", "layer4.1"]),
-    ("vit_12x32", 32, 1, [f"encoder.layers.encoder_layer_{i}" for i in range(12)]),
-    pytest.param("vit_b_16", 32, 1, [f"encoder.layers.encoder_layer_{i}" for i in range(12)], marks=pytest.mark.slow),
+    ("vit_12x32", 32, 1, VIT_LAYERS),
+    pytest.param("vit_b_16", 32, 1, VIT_LAYERS, marks=pytest.mark.slow),
     pytest.param("swin_t", 64, 1, [f"features.{s}.{b}" for s, n in ((1, 2), (3, 2), (5, 6), (7, 2)) for b in range(n)],
                  marks=pytest.mark.slow),
     pytest.param("swin_t", 64, 2, ["features.1", "features.3", "features.5", "features.7"], marks=pytest.mark.slow),
@@ -25,7 +26,7 @@ CASES = [  # model, input side, level, expected unit names (or count and a name 
 
 def _model(name, side):
     torch.manual_seed(0)
-    if name == "vit_12x32":  # vit_b_16's class and 12 encoder layers, 32 wide: its graph at 1/500 of the weights
+    if name == "vit_12x32":  # vit_b_16's class and 12 encoder layers, 32 wide: its graph at 1/670 of the weights
         return torchvision.models.VisionTransformer(image_size=side, patch_size=16, num_layers=12, num_heads=2,
                                                     hidden_dim=32, mlp_dim=64, num_classes=10).eval()
     kw = {"image_size": side} if name.startswith("vit") else {}

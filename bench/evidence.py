@@ -83,7 +83,7 @@ def main() -> None:
     rows = [(i, r) for i, r in enumerate(spec["rows"]) if (a.row is None or i in a.row)
             and (a.rows is None or r["held_out"] == (a.rows == "held-out"))]
     for i, row in rows:
-        for loop in a.loop:
+        for loop in [lp for lp in a.loop if lp in row.get("loops", spec["loops"])]:
             for seed in a.seeds:
                 r = run(row, loop, seed, a.epochs, spec["batch_size"], a.matched, a.out, options)
                 print(f"row {i} {row['model']}/{row['dataset']} {loop} s{seed}: {r['speedup_cpu']:.2f}x cpu "

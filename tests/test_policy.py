@@ -340,6 +340,19 @@ def test_drop_bound_is_what_training_gained(monkeypatch):
             assert pol.pause == (3, 4) and pol.wait["layer1.0"] == (4, 2)
 
 
+@pytest.mark.parametrize("total, dropped", [(100, True), (None, False)])
+def test_a_run_of_unknown_length_may_undo_only_one_boundarys_gain(monkeypatch, total, dropped):
+    # the held loss fell 1.3 -> 1.0 over the last 3 boundaries: a rise of 0.2 is within that gain (a
+    # probation can judge the drop before a known end), but above a third of it (0.1), all a run that may
+    # end at the next boundary allows (flip seed 1 lost 4.75 pt to drops passed on 3 boundaries' gain)
+    _scripted_losses(monkeypatch, lambda k: 1.2 if k else 1.0, work=0.0)
+    pol = fxdrop.LearnAndDrop(**KW, total_steps=total)
+    net, x = _net(pol)
+    pol.history = [(-2, 1.3)]
+    _train(net, x, 5)
+    assert bool(net.dropped) == dropped and pol.checks
+
+
 def test_recent_gain_is_over_3_boundaries_also_when_checks_pause():
     # held losses at the checks of boundaries 1, 2, 4, 5 (boundary 3 paused), then 11 (a long pause): the
     # gain over 3 boundaries is from the last check at least 3 boundaries back, scaled to 3 boundaries

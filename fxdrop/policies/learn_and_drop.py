@@ -12,7 +12,7 @@ again later, and put units back when the data changes. docs/method.md has the de
         if checks would pass 5% of training's compute (known length: 2% + what drops save), or no probation fits: stop
         candidates: live units, stalled (plateau ratio <= `plateau`) first, in graph order, to 1/`target_speedup` FLOPs
         L = held loss now (the last 2 training batches held; labels given, or read off the gradient)
-        B = tolerance * min(L, ln C); bound = max(B, min(gain since ln C / 3, gain over 3 boundaries)); B after a jump
+        B = tolerance * min(L, ln C); bound = max(B, min(gain since ln C / 3, gain over 3 boundaries [/ 3: length unknown])); B after a jump
         binary-search the sets of the first n, n/2, ..., 1 candidates for the largest with held loss <= L + bound
             and drop it; none passed: checks pause 2, 4, 8, ... boundaries till one passes, the first candidate 1, 2, 4 more
         after a drop or a return: BatchNorm statistics re-estimated on the held batches
@@ -41,7 +41,7 @@ from .saved_state import LearnAndDropState
 if TYPE_CHECKING:
     from ..module import DropNet
 
-__all__ = ["LearnAndDrop"]
+__all__ = ["LearnAndDrop", "drop_bound"]
 
 _UNKNOWN_LENGTH_INTERVAL = 16  # steps between boundaries when the run's length is not known
 _HELD_BATCHES, _HELD_ROWS = 2, 64  # batches held for checks, rows of each
@@ -216,15 +216,13 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             return self._next_trial(step, held)
         recent = self._recent_gain(step // self.interval, res.now)
         # a drop may undo what training gained over the last 3 boundaries (the time its probation gives it to
-        # recover), and at most a third of what it gained since the untrained network's loss (ln C): early a
-        # lot, late little; and always `tolerance` of the loss (of ln C at most: a loss above the untrained
-        # network's is no scale for a rise). After a data change only that: the units came back because the
-        # data changed, and a run of unknown length may end before a probation
-        bound = self._strict_bound(res)
-        if res.labelled and self.changed_at is None:
-            gained = math.log(res.classes) - res.now
-            recent = gained if recent is None else recent
-            bound = max(bound, min(gained / 3, recent))
+        # recover) or, the run's length unknown, over the last one (it may end at any boundary); and at most
+        # a third of what it gained since the untrained network's loss (ln C): early a lot, late little; and
+        # always `tolerance` of the loss (of ln C at most: a loss above the untrained network's is no scale
+        # for a rise). After a data change only that: the units came back because the data changed, and a
+        # run of unknown length may end before a probation
+        bound = drop_bound(res.now, res.classes, recent, self.tolerance, length_known=self.total_steps is not None,
+                           strict=not res.labelled or self.changed_at is not None)
         chosen: list[str] = []
         loss = after = res.candidates[0]
         while True:  # binary search of the sizes for the largest set that passes
@@ -251,9 +249,7 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
         return chosen
 
     def _strict_bound(self, res) -> float:
-        """B: ``tolerance`` of the held loss now, or of ``ln C`` if that is smaller (a loss above the untrained
-        network's is no scale for a rise)."""
-        return self.tolerance * (min(res.now, math.log(res.classes)) if res.classes > 1 else res.now)
+        return drop_bound(res.now, res.classes, None, self.tolerance, length_known=True, strict=True)
 
     def _recent_gain(self, boundary: int, loss: float) -> float | None:
         """What the held loss fell over the last 3 boundaries: from the last check at least 3 boundaries ago
@@ -403,3 +399,18 @@ def _int(v: object, least: int) -> bool:
 def _check_arg(name: str, value: object, ok: bool, what: str) -> None:
     if not ok:
         raise ValueError(f"LearnAndDrop: {name} must be {what}, got {value!r}")
+
+
+def drop_bound(now: float, classes: int, recent: float | None, tolerance: float, length_known: bool,
+               strict: bool) -> float:
+    """The rule's ``bound``: how far a drop may raise the held loss ``now`` (``classes`` logits; ``recent``:
+    what it fell over the last 3 boundaries, ``None`` before any check that far back). ``strict`` (after a
+    data change, or no labels): B alone, ``tolerance`` of the loss or of ``ln C`` if that is smaller (a loss
+    above the untrained network's is no scale for a rise)."""
+    strict_bound = tolerance * (min(now, math.log(classes)) if classes > 1 else now)
+    if strict:
+        return strict_bound
+    gained = math.log(classes) - now
+    recent = gained if recent is None else recent / (1 if length_known else _PROBATION)
+    return max(strict_bound, min(gained / 3, recent))
+

@@ -18,17 +18,22 @@ Seen (held out for the cohort-by-cohort return rule of f4ef79b, run once and rep
 - ``rotate``: ResNet-20 on Fashion-small, then on the same images turned a quarter;
 - ``halves``: ResNet-20 on MNIST-small classes 0-4, then on all ten.
 
-Held out (``HELD_OUT``, fixed before a data change seen in the held loss was tried; run once, at the end):
+Seen (held out for the data change seen in the held loss, e0162d4, run once and reported; now fitted):
 
 - ``noise``: ResNet-20 on MNIST-small, then on the same images with Gaussian noise added (std 64 of 255);
 - ``flip``: ResNet-32 on Fashion-small, then on the same images upside down.
 
-Held out for the next rule change (``HELD_OUT_NEXT``, fixed at stop 47 before any change to the bound of
-drops in runs of unknown length was tried; not run yet: run once, after that change, and report them as
-they come):
+Held out (``HELD_OUT``, fixed before the bound of drops in runs of unknown length changed, 3912dbd; run
+once, after it, and reported as they came):
 
 - ``shift``: ResNet-56 on MNIST-small, then on the same images moved 6 px right and down (zeros in);
 - ``contrast``: ResNet-20 on Fashion-small, then on the same images at a quarter of their contrast.
+
+Held out for the next rule change (``HELD_OUT_NEXT``, fixed before any change after 3912dbd was tried;
+not run yet: run once, after that change, and report them as they come):
+
+- ``blur``: ResNet-32 on MNIST-small, then on the same images under a 5 x 5 box blur;
+- ``garments``: ResNet-32 on Fashion-small classes 0-4, then on all ten.
 
 The loop is the online one: ``net.step(opt, targets=y)`` after ``opt.step()``, AdamW at a constant lr,
 the run's length unknown to the policy. One process, 1 torch thread; an untimed warm-up of every arm,
@@ -56,8 +61,8 @@ from fxdrop.train import TrainConfig, TrainRun, time_matched_steps, train_interl
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "measurements" / "sequences"
 CACHE = Path.home() / ".cache" / "fxdrop"
-HELD_OUT = ("noise", "flip")
-HELD_OUT_NEXT = ("shift", "contrast")
+HELD_OUT = ("shift", "contrast")
+HELD_OUT_NEXT = ("blur", "garments")
 ARMS = {"full": ("none", {}), "fxdrop": ("learn-and-drop", {}),
         "no-returns": ("learn-and-drop", {"returns": False}), "freeze": ("freeze", {})}
 
@@ -82,6 +87,8 @@ _CHANGES = {
     "flipped": lambda x, g: torch.flip(x, (-2,)),  # upside down
     "shifted": lambda x, g: torch.nn.functional.pad(x, (6, 0, 6, 0))[..., :x.shape[-2], :x.shape[-1]],
     "faded": lambda x, g: (x.float() / 4 + 96).round().to(x.dtype),  # a quarter of the contrast, mid-grey
+    "blurred": lambda x, g: torch.nn.functional.avg_pool2d(x.float(), 5, 1, 2, count_include_pad=False)
+    .round().to(x.dtype),  # a 5 x 5 box blur
 }
 
 
@@ -127,6 +134,10 @@ TWO_PHASES = {
               "ResNet-56: MNIST-small (1 epoch), then the same images moved 6 px right and down (2 epochs)"),
     "contrast": ("resnet20", "fashion-small", 1, "fashion-small faded", 2,
                  "ResNet-20: Fashion-small (1 epoch), then the same images at a quarter of their contrast (2 epochs)"),
+    "blur": ("resnet32", "mnist-small", 1, "mnist-small blurred", 2,
+             "ResNet-32: MNIST-small (1 epoch), then the same images under a 5 x 5 box blur (2 epochs)"),
+    "garments": ("resnet32", "fashion-small[0,1,2,3,4]", 3, "fashion-small", 2,
+                 "ResNet-32: Fashion-small classes 0-4 (3 epochs), then all ten (2 epochs)"),
 }
 
 

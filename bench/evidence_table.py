@@ -103,7 +103,9 @@ def matrix(runs: list[dict]) -> None:
     spec = json.loads((Path(__file__).with_name("matrix.json")).read_text())
     held_out = {(r["model"], r["dataset"]): r["held_out"] for r in spec["rows"]}
     for held in (False, True):
-        print(f"\n{'Held-out rows (run once, after the default was fixed)' if held else 'Fitted rows'}\n")
+        title = "Held-out rows (run once, after the rule was fixed)" if held else \
+            "Seen rows (fitted, or held out for an earlier rule)"
+        print(f"\n{title}\n")
         print(table([r for r in runs if held_out.get((r["row"]["model"], r["row"]["dataset"])) == held]))
 
 

@@ -88,24 +88,34 @@ def _resnet():
 
 
 def test_autocast_bf16_before_and_after_drop():
-    # ResNet-18's blocks at 16 channels and 16 px: bf16 convolutions are slow on CPUs without native bf16
+    # ResNet-18's blocks at 16 channels and 16 px: bf16 convolutions are slow on CPUs without native bf16.
+    # oneDNN's bf16 kernels on such a CPU (AVX2, torch 2.14.1) turned the unwrapped model's loss to NaN in
+    # 2-8 of 10 identical 6-step runs; with oneDNN off, none did: the test runs torch's own kernels
+    was, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
+    try:
+        _autocast_bf16_before_and_after_drop()
+    finally:
+        torch.backends.mkldnn.enabled = was
+
+
+def _autocast_bf16_before_and_after_drop():
     torch.manual_seed(0)
     net = fxdrop.wrap(narrow_resnet18(width=16), example_inputs=(torch.randn(1, 3, 16, 16),),
                       policy=fxdrop.LearnAndDrop(interval=2))
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    x = torch.randn(4, 3, 16, 16)
+    x, y = torch.randn(4, 3, 16, 16), torch.arange(4)
     for i in range(6):
-        if i == 3:
+        if i == 3 and "layer2.1" not in net.dropped:  # (the policy may have dropped it at step 2)
             net.drop("layer2.1")
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = net(x)
         assert out.dtype == torch.bfloat16
         opt.zero_grad()
-        out.float().sum().backward()
+        torch.nn.functional.cross_entropy(out.float(), y).backward()
         opt.step()
         net.step(opt)
     scores = [s for u in net.units for s in u.scores]
-    assert scores and all(torch.isfinite(torch.tensor(s["change"])) for s in scores)
+    assert "layer2.1" in net.dropped and scores and all(torch.isfinite(torch.tensor(s["change"])) for s in scores)
 
 
 def test_channels_last_before_and_after_drop():

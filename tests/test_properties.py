@@ -89,8 +89,8 @@ def _resnet():
 
 def test_autocast_bf16_before_and_after_drop():
     # ResNet-18's blocks at 16 channels and 16 px: bf16 convolutions are slow on CPUs without native bf16.
-    # oneDNN's bf16 kernels on such a CPU (AVX2, torch 2.14.1) turned the unwrapped model's loss to NaN in
-    # 2-8 of 10 identical 6-step runs; with oneDNN off, none did: the test runs torch's own kernels
+    # oneDNN's bf16 kernels (torch 2.14.1, on an Intel Xeon with AVX-512 and AMX bf16) turned the unwrapped
+    # model's loss to NaN in 2-8 of 10 identical 6-step runs; with oneDNN off, none did: torch's own kernels
     was, torch.backends.mkldnn.enabled = torch.backends.mkldnn.enabled, False
     try:
         _autocast_bf16_before_and_after_drop()

@@ -25,7 +25,9 @@ class LitNet(pl.LightningModule):
         return torch.nn.functional.cross_entropy(self.model(x), y)
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        # lr 0.01: at 0.05 the full ResNet-18 diverged on random labels on one machine (held loss 6.7 at
+        # step 4) and every drop failed its probation, so the test depended on that machine's arithmetic
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.9)
 
 
 def _loader():

@@ -88,7 +88,10 @@ def main() -> None:
     for p in sorted(root.glob("*.json")):
         r = json.loads(p.read_text())
         change = first_change(r)
-        (stale.append(f"- {p.name}: {change}") if change else runs.append(r))
+        if change:
+            stale.append(f"- {p.name}: {change}")
+        else:
+            runs.append(r)
     if "--sequences" in sys.argv:
         print(sequences(runs))
     else:

@@ -215,12 +215,6 @@ class LearnAndDrop(LearnAndDropState, Returns, Policy):
             self._queue_returns()
             return self._next_trial(step, held)
         recent = self._recent_gain(step // self.interval, res.now)
-        # a drop may undo what training gained over the last 3 boundaries (the time its probation gives it to
-        # recover) or, the run's length unknown, over the last one (it may end at any boundary); and at most
-        # a third of what it gained since the untrained network's loss (ln C): early a lot, late little; and
-        # always `tolerance` of the loss (of ln C at most: a loss above the untrained network's is no scale
-        # for a rise). After a data change only that: the units came back because the data changed, and a
-        # run of unknown length may end before a probation
         bound = drop_bound(res.now, res.classes, recent, self.tolerance, length_known=self.total_steps is not None,
                            strict=not res.labelled or self.changed_at is not None)
         chosen: list[str] = []
@@ -404,9 +398,14 @@ def _check_arg(name: str, value: object, ok: bool, what: str) -> None:
 def drop_bound(now: float, classes: int, recent: float | None, tolerance: float, length_known: bool,
                strict: bool) -> float:
     """The rule's ``bound``: how far a drop may raise the held loss ``now`` (``classes`` logits; ``recent``:
-    what it fell over the last 3 boundaries, ``None`` before any check that far back). ``strict`` (after a
-    data change, or no labels): B alone, ``tolerance`` of the loss or of ``ln C`` if that is smaller (a loss
-    above the untrained network's is no scale for a rise)."""
+    what it fell over the last 3 boundaries, ``None`` before any check that far back).
+
+    A drop may undo what training gained over the last 3 boundaries (the time its probation gives it to
+    recover) or, the run's length unknown, a third of that (it may end at any boundary); at most a third of
+    what it gained since the untrained network's loss (ln C): early a lot, late little; and always B,
+    ``tolerance`` of the loss or of ln C if that is smaller (a loss above the untrained network's is no
+    scale for a rise). ``strict`` (after a data change: the units came back because the data changed; or no
+    labels): B alone."""
     strict_bound = tolerance * (min(now, math.log(classes)) if classes > 1 else now)
     if strict:
         return strict_bound
